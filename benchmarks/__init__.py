@@ -1,0 +1,1 @@
+"""TxFM benchmarks."""

@@ -1,0 +1,1 @@
+"""TxFM dataset_builder."""

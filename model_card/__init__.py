@@ -1,0 +1,1 @@
+"""TxFM model_card."""
