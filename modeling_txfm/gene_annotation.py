@@ -21,9 +21,9 @@ import io
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -126,7 +126,7 @@ class GeneAnnotation:
         return symbol_to_id, ambiguous
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None) -> "GeneAnnotation":
+    def load(cls, path: str | os.PathLike | None = None) -> GeneAnnotation:
         """Read the annotation CSV (GENCODE layout without header, or with ``ensembl_id,symbol,biotype``)."""
         path = Path(path) if path is not None else default_annotation_path()
         if not path.exists():
