@@ -260,7 +260,7 @@ class TxFMProcessor(FeatureExtractionMixin):
         if not counts_are_normalized and np.issubdtype(values.dtype, np.floating):
             fractional = values != np.round(values)
             if fractional.any():
-                hint = " They look log-transformed (max %.2f)." % values.max() if values.max() < 30 else ""
+                hint = f" They look log-transformed (max {values.max():.2f})." if values.max() < 30 else ""
                 raise TxFMInputError(
                     f"Counts are not integers at {where(fractional)}.{hint} TxFM expects raw counts: pass the "
                     "raw counts, or `counts_are_normalized=True` for library-size-normalised, *not* logged, "
