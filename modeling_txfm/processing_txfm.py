@@ -295,6 +295,7 @@ class TxFMProcessor(FeatureExtractionMixin):
         ``training=True`` draws K visible genes per sample at random (from ``generator``);
         otherwise the deterministic inference choice applies (module docstring).
         """
+        counts = counts if sp.issparse(counts) else np.asarray(counts)
         if counts.ndim != 2:
             raise TxFMInputError(f"Counts must be a 2-D samples × genes matrix, got shape {counts.shape}")
         if counts.shape[1] != len(gene_names):
