@@ -289,25 +289,18 @@ class TxFMEmbedder(Embedder):
         self.model = None
 
     def _load(self):
+        """Import the model code lazily: the baselines must work without torch/transformers."""
         try:
             import modeling_txfm
         except ImportError as error:
             raise EmbedderUnavailableError(f"The TxFM model code cannot be imported: {error}") from error
-        if not isinstance(self.model_ref, str | Path):
-            self.model = self.model_ref
-        else:
-            path = str(self.model_ref)
-            try:
-                self.model = modeling_txfm.TxFMForMaskedExpressionModeling.from_pretrained(path)
-            except Exception:  # a base-model checkpoint or remote-code-only folder
-                from transformers import AutoModel
-
-                self.model = AutoModel.from_pretrained(path, trust_remote_code=True)
-            if self.processor is None:
-                self.processor = modeling_txfm.TxFMProcessor.from_pretrained(path)
-        if self.processor is None:
-            self.processor = modeling_txfm.TxFMProcessor.from_config(self.model.config)
-        self.model.eval()
+        if self.model is None:
+            if isinstance(self.model_ref, str | Path):
+                self.model = modeling_txfm.load_model(self.model_ref)
+                if self.processor is None and (Path(self.model_ref) / "preprocessor_config.json").is_file():
+                    self.processor = modeling_txfm.TxFMProcessor.from_pretrained(str(self.model_ref))
+            else:
+                self.model = self.model_ref.eval()
         return modeling_txfm.embed
 
     def describe(self):
@@ -317,12 +310,8 @@ class TxFMEmbedder(Embedder):
 
     def embed(self, adata):
         embed = self._load()
-        parts = []
-        for start in range(0, adata.n_obs, self.chunk_size):
-            chunk = adata[start : min(start + self.chunk_size, adata.n_obs)]
-            chunk = chunk.to_memory() if getattr(chunk, "isbacked", False) else chunk.copy()
-            parts.append(np.asarray(embed(chunk, self.model, self.processor, batch_size=self.batch_size, show_progress=False), dtype=np.float32))
-        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+        emb = embed(adata, self.model, self.processor, batch_size=self.batch_size, key_added=None, chunk_size=self.chunk_size, show_progress=False)
+        return np.asarray(emb, dtype=np.float32)
 
 
 def make_embedder(name: str, **kwargs) -> Embedder:
