@@ -17,6 +17,7 @@ Three passes over each input, each in bounded row blocks:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -94,6 +95,7 @@ class BuildOptions:
     sources_info: dict[str, dict] = field(default_factory=dict)  # citation/licence for the card
     dataset_name: str = "TxFM corpus"
     progress: bool = True
+    work_dir: str | None = None  # set by build_corpus: OUT/.work (resumable scratch space)
 
 
 @dataclass
@@ -207,6 +209,8 @@ class PreparedInput:
             gene_column=spec.gene_column,
             samples_as_rows=spec.samples_as_rows,
             gene_mapper=lambda names: count_mappable(names, annotation),
+            cache_dir=Path(options.work_dir) / f"text-{index:03d}" if options.work_dir else None,
+            allow_non_integer=options.allow_non_integer,
         )
         self.gene_map: GeneMap = harmonise(self.reader.gene_names, self.path, annotation)
         self.n = self.reader.n_samples
@@ -539,7 +543,7 @@ def _fingerprint(specs: Sequence[InputSpec], options: BuildOptions, vocabulary: 
     payload = {
         "builder": BUILDER_VERSION,
         "inputs": [{**asdict(s), "files": _input_fingerprint(Path(s.path))} for s in specs],
-        "options": {k: v for k, v in asdict(options).items() if k not in ("progress", "sources_info", "dataset_name")},
+        "options": {k: v for k, v in asdict(options).items() if k not in ("progress", "sources_info", "dataset_name", "work_dir")},
         "vocabulary": hashlib.sha256("\n".join(vocabulary).encode()).hexdigest() if vocabulary else None,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -591,6 +595,7 @@ def build_corpus(
     storage.write_json(state_path, state)
 
     annotation = annotation or default_annotation()
+    options = dataclasses.replace(options, work_dir=str(work))
     items: list[PreparedInput] = []
     try:
         for index, spec in enumerate(specs):

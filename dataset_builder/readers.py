@@ -26,6 +26,8 @@ from __future__ import annotations
 import gzip
 import io
 import re
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -299,6 +301,7 @@ class H5adReader(MatrixReader):
         self._genes = self._gene_identifiers(var, gene_column)
         self._obs.index = self._obs.index.astype(str)
         self.dense = self.matrix.kind == "dense"
+        self.full_pass_per_block = self.matrix.kind == "csc"  # every CSC row block scans all columns
 
     def _candidates(self) -> dict[str, tuple[str, object]]:
         found: dict[str, tuple[str, object]] = {}
@@ -461,9 +464,10 @@ class MtxReader(MatrixReader):
 
     def __init__(self, folder: str | Path):
         self.path = Path(folder)
-        matrix_path = _find_one(self.path, ["matrix.mtx"])
-        genes_path = _find_one(self.path, ["features.tsv", "genes.tsv"])
-        barcodes_path = _find_one(self.path, ["barcodes.tsv"])
+        # 10x names, and the names GEO submissions such as GSE176078 use
+        matrix_path = _find_one(self.path, ["matrix.mtx", "count_matrix_sparse.mtx"])
+        genes_path = _find_one(self.path, ["features.tsv", "genes.tsv", "count_matrix_genes.tsv"])
+        barcodes_path = _find_one(self.path, ["barcodes.tsv", "count_matrix_barcodes.tsv"])
         missing = [n for n, p in [("matrix.mtx", matrix_path), ("features.tsv", genes_path), ("barcodes.tsv", barcodes_path)] if p is None]
         if missing:
             raise CorruptInputError(f"{self.path}: 10x matrix folder lacks {missing} (optionally .gz).")
@@ -530,7 +534,9 @@ class TextMatrixReader(MatrixReader):
     ``samples_as_rows=None`` decides the orientation by which axis' labels map to genes
     (``gene_mapper`` counts mappable identifiers; without it, Ensembl-looking labels). GCT files
     are genes × samples with ``Name`` and ``Description`` columns and a two-line header that is
-    checked against the data (a truncated download fails here, not later).
+    checked against the data (a truncated download fails here, not later). Lines are parsed with
+    ``numpy.loadtxt`` in chunks: pandas builds one object per column, which is slow for the
+    30,000-column files single-cell CSVs are.
     """
 
     def __init__(
@@ -538,38 +544,61 @@ class TextMatrixReader(MatrixReader):
         path: str | Path,
         samples_as_rows: bool | None = None,
         gene_mapper: Callable[[Sequence[str]], int] | None = None,
-        block_values: int = 64_000_000,
+        cache_dir: str | Path | None = None,
+        allow_non_integer: bool = False,
     ):
         self.path = Path(path)
+        self._own_cache = cache_dir is None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="txfm-text-"))
+        self.allow_non_integer = allow_non_integer
+        self.problem: str | None = None
+        self._matrix: np.ndarray | None = None
         self.sep = _text_separator(self.path)
         self.is_gct = self.path.name.lower().removesuffix(".gz").endswith(".gct")
         self.skiprows = 2 if self.is_gct else 0
-        self._symbols: list[str] | None = None
-        try:
-            header = pd.read_csv(self.path, sep=self.sep, skiprows=self.skiprows, nrows=0).columns.tolist()
-            index = pd.read_csv(self.path, sep=self.sep, skiprows=self.skiprows, usecols=[0], dtype=str).iloc[:, 0]
-        except (OSError, EOFError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as error:
-            raise CorruptInputError(f"{self.path}: cannot parse as a {self.sep!r}-separated matrix ({error}).") from error
         self.n_label_columns = 2 if self.is_gct else 1
+        self._symbols: list[str] | None = None
+        header, labels, descriptions = self._scan_labels()
         if self.is_gct:
-            self._check_gct_header(len(index), len(header) - 2)
+            self._check_gct_header(len(labels), len(header) - 2)
             samples_as_rows = False
-            self._symbols = pd.read_csv(self.path, sep=self.sep, skiprows=2, usecols=[1], dtype=str).iloc[:, 0].tolist()
-        columns = [str(c) for c in header[self.n_label_columns :]]
-        rows = index.astype(str).tolist()
+            self._symbols = descriptions
+        columns = header[self.n_label_columns :]
         if samples_as_rows is None:
-            samples_as_rows = _mapped_fraction(columns[:2000], gene_mapper) >= _mapped_fraction(rows[:2000], gene_mapper)
+            samples_as_rows = _mapped_fraction(columns[:2000], gene_mapper) >= _mapped_fraction(labels[:2000], gene_mapper)
         self.samples_as_rows = samples_as_rows
-        self.full_pass_per_block = not samples_as_rows
         self.dense = True
-        self.block_values = block_values
-        self._genes = columns if samples_as_rows else rows
-        samples = rows if samples_as_rows else columns
+        self._genes = columns if samples_as_rows else labels
+        samples = labels if samples_as_rows else columns
         self._obs = pd.DataFrame(index=pd.Index(samples, name="sample_id"))
 
-    def _check_gct_header(self, n_rows: int, n_columns: int) -> None:
+    def _lines(self):
         opener = gzip.open if self.path.suffix == ".gz" else open
-        with opener(self.path, "rt") as handle:
+        return opener(self.path, "rt", newline="")
+
+    def _scan_labels(self) -> tuple[list[str], list[str], list[str]]:
+        """Header fields and the label (and GCT description) of every line, in one streaming pass."""
+        labels, descriptions = [], []
+        try:
+            with self._lines() as handle:
+                for _ in range(self.skiprows):
+                    handle.readline()
+                header = [f.strip().strip('"') for f in handle.readline().rstrip("\r\n").split(self.sep)]
+                for line in handle:
+                    if not line.strip():
+                        continue
+                    fields = line.split(self.sep, 2)
+                    labels.append(fields[0].strip().strip('"'))
+                    if self.is_gct:
+                        descriptions.append(fields[1].strip().strip('"') if len(fields) > 1 else "")
+        except (OSError, EOFError, UnicodeDecodeError) as error:
+            raise CorruptInputError(f"{self.path}: cannot read as a {self.sep!r}-separated matrix ({error}); truncated or not text.") from error
+        if len(header) <= self.n_label_columns or not labels:
+            raise CorruptInputError(f"{self.path}: no matrix found (header {header[:3]}, {len(labels)} data lines).")
+        return header, labels, descriptions
+
+    def _check_gct_header(self, n_rows: int, n_columns: int) -> None:
+        with self._lines() as handle:
             version, dims = handle.readline().strip(), handle.readline().split()
         if not version.startswith("#1.") or len(dims) < 2:
             raise CorruptInputError(f"{self.path}: not a GCT file (first lines {version!r}, {dims!r}).")
@@ -592,28 +621,111 @@ class TextMatrixReader(MatrixReader):
     def obs(self) -> pd.DataFrame:
         return self._obs
 
-    def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
+    def _parse(self, lines: list[str], position: int, width: int) -> np.ndarray:
+        body = "\n".join(line.split(self.sep, self.n_label_columns)[-1] for line in lines)
         try:
-            if self.samples_as_rows:
-                frame = pd.read_csv(
-                    self.path, sep=self.sep, header=None, skiprows=self.skiprows + 1 + start, nrows=stop - start
-                )
-                values = frame.iloc[:, self.n_label_columns :]
-            else:
-                first = self.n_label_columns + start
-                frame = pd.read_csv(
-                    self.path, sep=self.sep, skiprows=self.skiprows, usecols=list(range(first, first + stop - start))
-                )
-                values = frame.T
-            array = values.to_numpy(dtype=np.float64)
-        except (OSError, EOFError, ValueError, pd.errors.ParserError) as error:
-            raise CorruptInputError(f"{self.path}: cannot read samples {start}:{stop} ({error}); is the file complete?") from error
-        if array.shape != (stop - start, len(self._genes)):
+            values = np.loadtxt(io.StringIO(body), delimiter=self.sep, dtype=np.float64, ndmin=2)
+        except ValueError as error:
             raise CorruptInputError(
-                f"{self.path}: samples {start}:{stop} have {array.shape[1]} values, expected "
-                f"{len(self._genes)}: the file is truncated or ragged."
+                f"{self.path}: data lines {position + 1}-{position + len(lines)} are not numeric or ragged ({error}); "
+                "the file is truncated or not a count matrix."
+            ) from error
+        if values.shape != (len(lines), width):
+            raise CorruptInputError(
+                f"{self.path}: data lines {position + 1}-{position + len(lines)} have {values.shape[1]} values, "
+                f"expected {width}: the file is ragged or truncated."
             )
-        return sp.csr_matrix(array)
+        return values
+
+    def _convert(self) -> np.ndarray:
+        """Parse the text once into an int32 samples × genes memmap (bounded-memory chunks).
+
+        Text cannot be sliced by row, and genes-as-rows files cannot even be read sample by
+        sample, so one streaming pass converts the file to a binary matrix in ``cache_dir`` (disk,
+        not memory); every later block read is a memmap slice. Non-integer values are recorded
+        (and refused at read time unless allowed); negative or missing values fail here.
+        """
+        if self._matrix is not None:
+            return self._matrix
+        shape = (len(self._obs), len(self._genes))
+        target = self.cache_dir / f"{self.path.name}.int32"
+        if target.exists() and target.stat().st_size == 4 * shape[0] * shape[1]:
+            self._matrix = np.memmap(target, dtype=np.int32, mode="r", shape=shape)
+            return self._matrix
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        out = np.memmap(tmp, dtype=np.int32, mode="w+", shape=shape)
+        width = shape[1] if self.samples_as_rows else shape[0]
+        chunk = max(1, 4_000_000 // max(1, width))
+        position = 0
+
+        def flush(lines: list[str]) -> int:
+            values = self._parse(lines, position, width)
+            self._check(values, position)
+            rounded = np.rint(values).astype(np.int32)
+            if self.samples_as_rows:
+                out[position : position + len(lines)] = rounded
+            else:
+                out[:, position : position + len(lines)] = rounded.T
+            return len(lines)
+
+        try:
+            with self._lines() as handle:
+                for _ in range(self.skiprows + 1):
+                    handle.readline()
+                lines: list[str] = []
+                for line in handle:
+                    if line.strip():
+                        lines.append(line.rstrip("\r\n"))
+                    if len(lines) == chunk:
+                        position += flush(lines)
+                        lines = []
+                if lines:
+                    position += flush(lines)
+        except (OSError, EOFError) as error:
+            tmp.unlink(missing_ok=True)
+            raise CorruptInputError(f"{self.path}: cannot read ({error}); the file is truncated.") from error
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        out.flush()
+        tmp.replace(target)  # (the write mapping is released with this frame)
+        self._matrix = np.memmap(target, dtype=np.int32, mode="r", shape=shape)
+        return self._matrix
+
+    def _check(self, values: np.ndarray, position: int) -> None:
+        def where(flat: int) -> str:
+            row, column = divmod(flat, values.shape[1])
+            sample, gene = (position + row, column) if self.samples_as_rows else (column, position + row)
+            return f"sample {self._obs.index[sample]!r}, gene {self._genes[gene]!r}"
+
+        bad = ~np.isfinite(values) | (values < 0) | (values > INT32_MAX)
+        if bad.any():
+            flat = int(np.argmax(bad))
+            raise NotCountsError(
+                f"{self.path}: value {values.flat[flat]} at {where(flat)} is missing, negative or too large: "
+                "not a count matrix (or a truncated file)."
+            )
+        if self.problem is None:
+            off = np.abs(values - np.rint(values)) > COUNT_TOLERANCE
+            if off.any():
+                flat = int(np.argmax(off))
+                self.problem = (
+                    f"{self.path}: value {values.flat[flat]!r} at {where(flat)} is not an integer count; the matrix "
+                    "looks normalised. TxFM trains on raw counts; pass --allow-non-integer to round (only if "
+                    "these are counts stored with noise)."
+                )
+
+    def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
+        matrix = self._convert()
+        if self.problem is not None and not self.allow_non_integer:
+            raise NotCountsError(self.problem)
+        return sp.csr_matrix(np.asarray(matrix[start:stop]))
+
+    def close(self) -> None:
+        self._matrix = None
+        if self._own_cache:
+            shutil.rmtree(self.cache_dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------- STAR gene counts
@@ -725,7 +837,7 @@ def detect_format(path: Path) -> str:
     """Format name of a file or folder from its name and layout."""
     name = path.name.lower().removesuffix(".gz")
     if path.is_dir():
-        if _find_one(path, ["matrix.mtx"]):
+        if _find_one(path, ["matrix.mtx", "count_matrix_sparse.mtx"]):
             return "mtx"
         if any(path.glob("*.tsv")) or any(path.glob("*ReadsPerGene.out.tab")):
             return "star"
@@ -753,6 +865,8 @@ def open_reader(
     gene_column: str = "auto",
     samples_as_rows: bool | None = None,
     gene_mapper: Callable[[Sequence[str]], int] | None = None,
+    cache_dir: str | Path | None = None,
+    allow_non_integer: bool = False,
 ) -> MatrixReader:
     """Open ``path`` with the reader for its format (``format="auto"`` detects it)."""
     path = Path(path)
@@ -766,7 +880,10 @@ def open_reader(
     if kind == "mtx":
         return MtxReader(path)
     if kind in ("gct", "text"):
-        return TextMatrixReader(path, samples_as_rows=samples_as_rows, gene_mapper=gene_mapper)
+        return TextMatrixReader(
+            path, samples_as_rows=samples_as_rows, gene_mapper=gene_mapper, cache_dir=cache_dir,
+            allow_non_integer=allow_non_integer,
+        )
     if kind == "star":
         if path.is_dir():
             files = [f for f in sorted(path.iterdir()) if f.is_file() and not f.name.startswith("gdc_sample_sheet")
