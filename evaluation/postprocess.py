@@ -102,8 +102,23 @@ def postprocess(emb: np.ndarray, method: str, is_control: np.ndarray, batches: n
     return functions[method](emb, is_control, batches)
 
 
-def pca_standardise_on_controls(emb: np.ndarray, is_control: np.ndarray, batches: np.ndarray) -> np.ndarray:
-    """The p.cst preprocessing: PCA fitted on controls, then per-batch standardisation on controls."""
-    mean, components = fit_control_pca(emb, is_control)
-    projected = ((emb - mean) @ components.T).astype(np.float32)
+def pca_standardise_on_controls(
+    emb: np.ndarray, is_control: np.ndarray, batches: np.ndarray, variance: float = 0.9
+) -> np.ndarray:
+    """The p.cst preprocessing: PCA fitted on controls, then per-batch standardisation on controls.
+
+    Components are kept up to ``variance`` of the control variance explained and never more than
+    the smallest per-batch control count minus one: standardising a component that a batch's
+    controls barely span would blow its noise up to unit variance and drown the perturbation
+    signal (the number of components is left open by the paper).
+    """
+    is_control = np.asarray(is_control, dtype=bool)
+    ctrl = emb[is_control].astype(np.float64)
+    mean = ctrl.mean(axis=0)
+    _, singular, vt = np.linalg.svd(ctrl - mean, full_matrices=False)
+    explained = np.cumsum(singular**2) / max(np.sum(singular**2), _EPS)
+    k = int(np.searchsorted(explained, variance) + 1)
+    smallest = min(int(is_control[np.asarray(batches) == b].sum()) for b in np.unique(batches))
+    k = max(1, min(k, smallest - 1, vt.shape[0]))
+    projected = ((emb - mean) @ vt[:k].T).astype(np.float32)
     return centerscale_on_controls(projected, is_control, batches)
