@@ -427,13 +427,18 @@ def assign_split(items: Sequence[PreparedInput], source: str, options: BuildOpti
             f"single batch: deterministic hash split of sample ids (fraction {options.validation_fraction})"
             if len(names) < 2 else "no validation"
         )
-    for it in items:
+    fractions = [np.array([_hash_fraction(f"{source}/{s}") for s in it.metadata["sample_id"]]) for it in items] if held is None else []
+    if held is None and options.validation_fraction > 0 and sum(int(it.keep.sum()) for it in items) >= 2:
+        # a tiny single-batch source still gets one validation sample (the lowest hash): an empty
+        # split cannot be loaded by `datasets`
+        if not any(((f < options.validation_fraction) & it.keep).any() for f, it in zip(fractions, items)):
+            best = min((f[it.keep].min(), k) for k, (f, it) in enumerate(zip(fractions, items)) if it.keep.any())
+            fractions[best[1]] = np.where(fractions[best[1]] == best[0], -1.0, fractions[best[1]])
+    for k, it in enumerate(items):
         if held is not None:
             validation = np.array([b in held for b in it.metadata["batch"]], dtype=bool)
         else:
-            validation = np.array(
-                [_hash_fraction(f"{source}/{s}") < options.validation_fraction for s in it.metadata["sample_id"]], dtype=bool
-            )
+            validation = fractions[k] < options.validation_fraction
         it.split[:] = -1
         it.split[it.keep & ~validation] = 0
         it.split[it.keep & validation] = 1
@@ -514,7 +519,7 @@ def plan_shards(items: Sequence[PreparedInput], rows_per_shard: int) -> list[Sha
                 if filled == rows_per_shard:
                     shards.append(Shard(split, number, count, current))
                     current, filled, number = [], 0, number + 1
-        if current or number == 0:
+        if current:  # an empty split gets no shard (datasets cannot load an empty split)
             shards.append(Shard(split, number, count, current))
     return shards
 
@@ -617,6 +622,8 @@ def build_corpus(
         for source in dict.fromkeys(spec.source for spec in specs):
             split_info[source] = assign_split([it for it in items if it.spec.source == source], source, options)
 
+        if not any(it.keep.any() for it in items):
+            raise CorpusBuildError("no sample survives curation: lower --min-genes or check the curation report rules.")
         shards = plan_shards(items, options.rows_per_shard)
         planned = {s.name for s in shards}
         for stray in data_dir.iterdir():  # shards of an older plan, temporary files of a killed run

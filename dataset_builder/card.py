@@ -32,10 +32,8 @@ def write_card(out: Path, report: dict, samples: dict[str, int], n_genes: int, o
         "configs:",
         "- config_name: default",
         "  data_files:",
-        "  - split: train",
-        "    path: data/train-*.parquet",
-        "  - split: validation",
-        "    path: data/validation-*.parquet",
+        *[line for split in ("train", "validation") if samples[split]
+          for line in (f"  - split: {split}", f"    path: data/{split}-*.parquet")],
         "tags:",
         "- biology",
         "- transcriptomics",

@@ -81,6 +81,9 @@ def load_corpus(path: str | Path, split: str | None = None, streaming: bool = Fa
     data_files = {
         name: [str(path / s["path"]) for s in manifest["shards"] if s["split"] == name] for name in SPLITS
     }
+    data_files = {name: files for name, files in data_files.items() if files}  # a split may be empty
+    if split is not None and split not in data_files:
+        raise CorpusFormatError(f"{path}: the {split!r} split of this corpus is empty.")
     missing = [f for files in data_files.values() for f in files if not Path(f).exists()]
     if missing:
         raise CorpusFormatError(f"{path}: shards listed in manifest.json are missing: {missing[:5]}; rebuild the corpus.")
