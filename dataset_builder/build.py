@@ -147,18 +147,17 @@ def _row_cost(reader: MatrixReader, n_genes: int, raw_nnz: np.ndarray | None = N
 def _row_hashes(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     """Two independent 64-bit content hashes per row (order-free sums of mixed (gene, count) pairs)."""
 
-    def mix(x: np.ndarray) -> np.ndarray:
-        x = x ^ (x >> np.uint64(30))
-        x = x * np.uint64(0xBF58476D1CE4E5B9)
-        x = x ^ (x >> np.uint64(27))
-        x = x * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+    def mix(x: np.ndarray) -> np.ndarray:  # multiply-xorshift (in place: no temporaries)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(29)
+        x *= np.uint64(0x94D049BB133111EB)
+        return x
 
-    genes = matrix.indices.astype(np.uint64)
-    values = matrix.data.astype(np.uint64)
+    # (gene << 32) | count is injective for int32 counts, so one mix per element and hash suffices
+    key = (matrix.indices.astype(np.uint64) << np.uint64(32)) | matrix.data.astype(np.uint64)
     hashes = []
     for seed in (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03)):
-        mixed = mix(genes * seed + mix(values + seed))
+        mixed = mix(key + seed)
         cumulative = np.concatenate([[np.uint64(0)], np.cumsum(mixed, dtype=np.uint64)])
         hashes.append(cumulative[matrix.indptr[1:]] - cumulative[matrix.indptr[:-1]])
     return hashes[0], hashes[1]
@@ -274,7 +273,7 @@ class PreparedInput:
         min_genes = self.spec.min_genes
         for start, stop, counts in self.blocks(None, f"scan {self.path.name}"):
             stats["raw_nnz"][start:stop] = np.diff(counts.indptr)
-            mapped = self.gene_map.apply(counts)
+            mapped = self.gene_map.apply(counts, sort=False)
             row_nnz = np.diff(mapped.indptr)
             stats["nnz"][start:stop] = row_nnz
             stats["total"][start:stop] = np.asarray(mapped.sum(axis=1)).ravel()
@@ -284,8 +283,11 @@ class PreparedInput:
         storage.save_npz_atomic(cache, **stats)
         self.stats = stats
 
-    def blocks(self, rows: np.ndarray | None, label: str, raw: bool = False):
-        """Yield ``(start, stop, counts)`` over row ranges covering ``rows`` (all rows if None)."""
+    def blocks(self, rows: np.ndarray | None, label: str, validated: bool = False):
+        """Yield ``(start, stop, counts)`` over row ranges covering ``rows`` (all rows if None).
+
+        ``validated=True`` (after the scan pass checked every value) only rounds to integers.
+        """
         reader, options = self.reader, self.options
         raw_nnz = self.stats.get("raw_nnz")
         cost = _row_cost(reader, len(reader.gene_names), raw_nnz)
@@ -295,7 +297,12 @@ class PreparedInput:
         with tqdm(total=total, desc=label, unit="sample", disable=not options.progress, leave=False) as bar:
             for start, stop in ranges:
                 block = reader.read_rows(start, stop)
-                counts = block if raw else to_counts(block, self.path, start, options.allow_non_integer)
+                if validated:
+                    data = block.data if block.data.dtype.kind in "iu" else np.rint(block.data)
+                    counts = sp.csr_matrix((data.astype(np.int32), block.indices, block.indptr), shape=block.shape)
+                    counts.eliminate_zeros()
+                else:
+                    counts = to_counts(block, self.path, start, options.allow_non_integer)
                 yield start, stop, counts
                 bar.update(stop - start if rows is None else int(np.count_nonzero((rows >= start) & (rows < stop))))
 
@@ -321,13 +328,13 @@ class PreparedInput:
         restricted = self.gene_map.restrict(kept_genes)
         nnz = np.zeros(self.n, dtype=np.int64)
         rows = np.nonzero(self.keep)[0]
-        for start, stop, counts in self.blocks(rows, f"recount {self.path.name}"):
-            nnz[start:stop] = np.diff(restricted.apply(counts).indptr)
+        for start, stop, counts in self.blocks(rows, f"recount {self.path.name}", validated=True):
+            nnz[start:stop] = np.diff(restricted.apply(counts, sort=False).indptr)
         return nnz
 
     def transformed_rows(self, rows: np.ndarray):
         """Yield (rows, CSR over the profile columns) for the requested sorted rows."""
-        for start, stop, counts in self.blocks(rows, f"write {self.path.name}"):
+        for start, stop, counts in self.blocks(rows, f"write {self.path.name}", validated=True):
             wanted = rows[(rows >= start) & (rows < stop)]
             if len(wanted) == 0:
                 continue

