@@ -27,7 +27,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 demo: $(STAMP)
-	$(PY) -m modeling_txfm.demo --out runs/demo
+	$(PY) -m model_card.demo --out runs/demo
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

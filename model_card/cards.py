@@ -57,7 +57,6 @@ def eval_results(results_list: list[dict], model_name: str) -> list[EvalResult]:
                     metric_type=metric,
                     metric_name=metric,
                     metric_value=round(float(value["mean"]), 4),
-                    source_name=model_name,
                 )
             )
     return entries
