@@ -56,9 +56,24 @@ def dataset_record(adata, path: str | os.PathLike | None = None, name: str | Non
     """The ``dataset`` block: where the data came from, its hash and shape, and the obs keys used."""
     record = {"name": name or (Path(path).name if path else "in-memory AnnData"), "path": str(path) if path else None}
     record["sha256"] = sha256_file(path) if path and Path(path).is_file() else None
+    if record["sha256"] is None and not getattr(adata, "isbacked", False):
+        record["sha256_counts"] = _matrix_hash(adata.X)  # in-memory data: hash of the count matrix itself
     record.update({"n_obs": int(adata.n_obs), "n_vars": int(adata.n_vars)})
     record.update({k: v for k, v in keys.items() if v is not None})
     return record
+
+
+def _matrix_hash(matrix) -> str:
+    from scipy import sparse
+
+    digest = hashlib.sha256()
+    if sparse.issparse(matrix):
+        matrix = matrix.tocsr()
+        for part in (matrix.data, matrix.indices, matrix.indptr):
+            digest.update(np.ascontiguousarray(part).tobytes())
+    else:
+        digest.update(np.ascontiguousarray(matrix).tobytes())
+    return digest.hexdigest()
 
 
 def summarize(values: Sequence[float | None]) -> dict:

@@ -56,7 +56,7 @@ def simulate_perturb_seq(
 
     The perturbed genes are the members of ``n_complexes`` disjoint CORUM complexes plus
     ``n_singletons`` genes with programmes of their own; the remaining genes up to ``n_genes`` are
-    other CORUM genes (never perturbed). Counts are negative binomial (gamma–Poisson, shape
+    other CORUM genes (never perturbed), then synthetic ``SIMGENE<i>`` names. Counts are negative binomial (gamma–Poisson, shape
     ``dispersion``) around ``library · softmax(base + batch + effect)``. ``uns["simulation"]`` records
     the parameters and the complexes.
     """
@@ -68,7 +68,9 @@ def simulate_perturb_seq(
     singletons = [chosen[name][0] for name in names[n_complexes:]]
     perturbed = [g for members in grouped.values() for g in members] + singletons
     pool = sorted({g for members in complexes.values() for g in members} - set(perturbed))
-    fillers = list(rng.choice(pool, size=max(0, n_genes - len(perturbed)), replace=False))
+    n_fill = max(0, n_genes - len(perturbed))
+    fillers = list(rng.choice(pool, size=min(n_fill, len(pool)), replace=False))
+    fillers += [f"SIMGENE{i}" for i in range(n_fill - len(fillers))]  # beyond CORUM's ~3,500 genes
     genes = perturbed + fillers
     gene_index = {g: i for i, g in enumerate(genes)}
 
