@@ -6,7 +6,9 @@ CORPUS CONTRACT (training and evaluation rely on exactly this)
 A corpus is a folder ``OUT/`` holding:
 
 ``data/train-NNNNN-of-NNNNN.parquet``, ``data/validation-NNNNN-of-NNNNN.parquet``
-    Parquet shards (zstd, fixed row groups of 1,024 rows, deterministic). One row per sample:
+    Parquet shards (delta-encoded lists, zstd, row groups of 1,024 rows, deterministic bytes).
+    A split with no samples has no shard; a source with ≥ 2 samples always gives validation at
+    least one. One row per sample:
 
     ============== ================ =========================================================
     ``gene_index`` list<int32>      sorted positions in the vocabulary, non-zero genes only

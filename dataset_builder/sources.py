@@ -127,7 +127,13 @@ def resolve(name: str, data_dir, fetch=None, overrides=None) -> tuple[list[Input
     """Specs and card info of a paper source or of the whole collection."""
     specs: list[InputSpec] = []
     info = {}
+    missing: list[str] = []
     for member in members(name):
-        specs.extend(resolve_source(member, data_dir, fetch, overrides))
+        try:
+            specs.extend(resolve_source(member, data_dir, fetch, overrides))
+        except MissingSourceFilesError as error:  # list every missing file of the collection at once
+            missing.append(str(error))
         info[member] = source_info(member)
+    if missing:
+        raise MissingSourceFilesError("\n\n".join(missing))
     return specs, info
