@@ -120,7 +120,7 @@ def print_summary(out: Path, corpus: Path, model: Path, evaluation: Path, timing
     summary = json.loads((model / "training_summary.json").read_text()) if (model / "training_summary.json").exists() else {}
     print("\n" + "=" * 78)
     print("TxFM demo finished. Everything is under", out)
-    print(f"  corpus      {corpus}  {json.dumps(manifest.get('counts', manifest.get('splits', {})))}")
+    print(f"  corpus      {corpus}  {json.dumps(manifest.get('samples', {}))} samples, {manifest.get('n_genes', '?')} genes")
     print(f"  checkpoint  {model}  (model card: {model / 'README.md'})")
     print(f"  evaluation  {evaluation}  (results.json, results.md, figures)")
     print(f"  hub folder  {out / 'hub-model'}  (what `txfm push` would upload)")

@@ -342,14 +342,8 @@ class TxFMProcessor(FeatureExtractionMixin):
         return np.sort(np.argpartition(scores, k - 1, axis=1)[:, :k], axis=1)
 
 
-_ANNOTATION: GeneAnnotation | None = None
-
-
 def _annotation() -> GeneAnnotation:
-    global _ANNOTATION
-    if _ANNOTATION is None:
-        _ANNOTATION = GeneAnnotation.load()
-    return _ANNOTATION
+    return GeneAnnotation.default()
 
 
 def to_device(batch: BatchFeature, device: torch.device | str) -> dict[str, torch.Tensor]:
