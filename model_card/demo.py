@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     timings["corpus"] = run_stage(
         "1/5 build the pretraining corpus from package-shipped data (pbmc68k held out)",
         txfm("build-corpus", "--source", "local", "--data-dir", *training_files, "--out", str(corpus),
-             "--batch-key", EXAMPLE_BATCH_KEYS, "--cell-type-key", EXAMPLE_CELL_TYPE_KEYS),
+             "--batch-key", EXAMPLE_BATCH_KEYS, "--cell-type-key", EXAMPLE_CELL_TYPE_KEYS,
+             "--batch-pattern", "^(GTEX-[^-]+)"),  # GTEx samples carry their donor in the sample id
         log,
     )
     pretrain = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
