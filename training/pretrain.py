@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -156,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     trackers: list = [t for t in cfg.trackers if t != "csv"]
     if "csv" in cfg.trackers:
         trackers.append(CSVTracker(log_dir / "metrics.csv", resume_step=resume_state.step if resume_state else 0))
+    # `accelerate launch --cpu` runs one process whatever --num_processes says (accelerate#2741); N CPU
+    # processes come from `accelerate launch --multi_gpu --num_processes N` (torchrun), which only needs
+    # `cpu=True` here to pick gloo when there is no GPU.
+    launched_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
+        cpu=launched_distributed and not torch.cuda.is_available(),
         mixed_precision=mixed_precision,
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(log_dir)),
