@@ -15,7 +15,7 @@ import anndata as ad
 import numpy as np
 
 from . import metrics as M
-from .embedders import Embedder
+from .embedders import Embedder, drop_redundant
 from .errors import EvaluationError, MissingObsColumnError
 from .report import dataset_record, new_results, summarize
 
@@ -132,6 +132,8 @@ def run_celltype_benchmark(
     }
     results = new_results("celltype", dataset_record(adata, dataset_path, dataset_name, label_key=label_key, batch_key=batch_key, n_labels=len(np.unique(labels)), n_batches=n_batches), protocol)
     results["skipped"].update(skipped or {})
+    embedders, redundant = drop_redundant(embedders, (corpus if corpus is not None else adata).n_vars)
+    results["skipped"].update(redundant)
     embeddings, split = {}, ""
     for embedder in embedders:
         logger.info("cell-type benchmark: %s", embedder.name)

@@ -329,6 +329,24 @@ def make_embedder(name: str, **kwargs) -> Embedder:
     raise EvaluationError(f"Unknown baseline {name!r}; choose from {', '.join(BASELINES)} (or lognorm_hvg<N>).")
 
 
+def drop_redundant(embedders: Sequence[Embedder], n_genes_fitted: int) -> tuple[list[Embedder], dict[str, str]]:
+    """Drop HVG baselines that would select every gene: they equal ``lognorm`` exactly.
+
+    Computing them again costs evaluation time and adds identical rows to the tables; they are
+    listed under ``skipped`` with the reason instead.
+    """
+    kept, skipped = [], {}
+    has_all_genes = any(isinstance(e, LogNormEmbedder) and e.n_hvg is None for e in embedders)
+    for embedder in embedders:
+        if isinstance(embedder, LogNormEmbedder) and embedder.n_hvg and has_all_genes and embedder.n_hvg >= n_genes_fitted:
+            skipped[embedder.name] = (
+                f"identical to lognorm: the data has {n_genes_fitted:,} genes, not more than {embedder.n_hvg:,}"
+            )
+            continue
+        kept.append(embedder)
+    return kept, skipped
+
+
 def build_embedders(
     baselines: Sequence[str] = BASELINES, model=None, processor=None, batch_size: int = 64, model_name: str = "TxFM"
 ) -> tuple[list[Embedder], dict[str, str]]:

@@ -24,7 +24,14 @@ import numpy as np
 
 from . import metrics as M
 from .celltype import require_obs, resolve_seeds
-from .embedders import Embedder, GeneAligner, _normalise_rows, highly_variable_genes, iter_count_chunks
+from .embedders import (
+    Embedder,
+    GeneAligner,
+    _normalise_rows,
+    drop_redundant,
+    highly_variable_genes,
+    iter_count_chunks,
+)
 from .errors import EvaluationError
 from .postprocess import POSTPROCESSINGS, pca_standardise_on_controls, postprocess
 from .relationships import DATABASES, load_relationships
@@ -240,6 +247,8 @@ def run_perturbation_benchmark(
     }
     results = new_results("perturbation", record, protocol_record)
     results["skipped"].update(skipped or {})
+    embedders, redundant = drop_redundant(embedders, (corpus if corpus is not None else adata).n_vars)
+    results["skipped"].update(redundant)
     embeddings = {}
     for embedder in embedders:
         logger.info("perturbation benchmark: %s", embedder.name)
