@@ -205,3 +205,15 @@ def test_two_processes_train_on_disjoint_shards_like_one_process(synthetic_corpu
     assert np.mean([two[s] for s in (10, 11, 12)]) < np.mean([two[s] for s in (1, 2, 3)])
     np.testing.assert_allclose(losses(double, "val/loss")[12], losses(single, "val/loss")[12], rtol=1e-4)
     assert (double / "model.safetensors").exists() and not os.path.exists(double / "checkpoints" / "ckpt-00000012.tmp")
+
+    # SSL fine-tuning: --init_from continues the saved model (same vocabulary) with a fresh schedule
+    tuned = tmp_path / "tuned"
+    run([sys.executable, PRETRAIN, *common, "--output_dir", str(tuned), "--per_device_batch_size", "16",
+         "--init_from", str(single), "--max_steps", "2"])
+    assert losses(tuned)[1] < one[1]  # starts from the trained weights, not from scratch
+    from training.config import TrainConfig
+    from training.data import CorpusError
+    from training.pretrain import build_model
+
+    with pytest.raises(CorpusError, match="different gene vocabulary"):
+        build_model(TrainConfig(corpus="elsewhere", init_from=str(single)), ["ENSG00000000003"], [""])
