@@ -129,6 +129,16 @@ def test_processes_see_disjoint_shards_of_the_same_global_batches(corpus):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_dataloader_workers_give_the_same_batches(corpus):
+    """Draws are seeded per sample, so collating in worker processes changes nothing."""
+    collator = TxFMCollator(corpus.profiles, len(corpus.gene_ids), 16)
+    plan = plan_batches(16, 8, 1)
+    inline = list(TrainBatches(corpus, collator, plan, rank=0, seed=2).epoch(1, start_step=2))
+    workers = list(TrainBatches(corpus, collator, plan, rank=0, seed=2, num_workers=2).epoch(1, start_step=2))
+    assert len(inline) == len(workers) == (6 - 2) * 2
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(inline, workers) for k in a)
+
+
 def test_validation_is_fixed_and_split_across_processes(corpus):
     collator = TxFMCollator(corpus.profiles, len(corpus.gene_ids), 16)
     whole = ValidationBatches(corpus, collator, batch_size=8, max_samples=100, rank=0, world_size=1, seed=0)
