@@ -80,7 +80,7 @@ def test_accelerate_launch_tiny_trains_validates_and_exports(package_corpus, tmp
     first, last = np.mean([train[s] for s in (2, 4, 6)]), np.mean([train[s] for s in (16, 18, 20)])
     assert last < first, train
     validation = losses(out, "val/loss")
-    assert sorted(validation) == [10, 20] and validation[20] < validation[10]
+    assert sorted(validation) == [0, 10, 20] and validation[20] < validation[10] < validation[0]
     assert 0.0 < losses(out, "val/masked_pearson")[20] <= 1.0
     assert latest_checkpoint(out / "checkpoints").name == "ckpt-00000020"
     assert (out / "logs" / "tensorboard").is_dir() and (out / "README.md").exists()

@@ -249,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
 
     # ---- the loop ----
+    if resume_from is None and cfg.eval_every and len(validation):  # the untrained baseline, logged at step 0
+        initial = evaluate(eval_model, validation, accelerator)
+        accelerator.log(initial, step=0)
+        LOGGER.info("step 0: %s", ", ".join(f"{k} {v:.4f}" for k, v in initial.items()))
     model.train()
     while state.step < total_steps and stopped_by is None:
         micro_batches = iter(train.epoch(state.epoch, state.step_in_epoch))
