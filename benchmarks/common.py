@@ -68,7 +68,18 @@ class Rounds:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set (Linux ``ru_maxrss`` is KiB)."""
+    """This process's peak resident set in MiB: ``VmHWM`` of /proc/self/status.
+
+    Not ``ru_maxrss``: Linux carries that over fork + exec, so a child started by a process that once
+    held 11 GiB reports 11 GiB whatever it does. ``VmHWM`` belongs to the address space, new at exec.
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

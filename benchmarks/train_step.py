@@ -225,8 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--presets", nargs="+", default=["txfm-tiny", "txfm-s"])
+    parser.add_argument("--rss-only", action="store_true", help="only figure 2 (peak RSS, fresh processes)")
     args = parser.parse_args(argv)
     setup_threads()
+    if args.rss_only:
+        for implementation, steps, threshold in (("txfm", 3, None), ("txfm", 3, 1 << 20), ("reference", 1, None)):
+            result = measure_peak_rss("txfm-s", implementation, steps, threshold)
+            print(json.dumps({"implementation": implementation, "mmap_threshold": threshold, **result}), flush=True)
+        return 0
     for preset in args.presets:
         result = figure_training_speed(preset, args.rounds)
         result.pop("samples")
