@@ -100,8 +100,13 @@ def _training_section(config: dict, summary: dict | None) -> str:
                     "validation_masked_pearson", "wall_time_s", "init_from"):
             if summary.get(key) is not None:
                 rows.append((key.replace("_", " "), summary[key]))
-    table = "\n".join(f"| {key} | {value} |" for key, value in rows)
-    return "| setting | value |\n|---|---|\n" + table
+    table = "\n".join(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+                      for key, value in rows)
+    text = "| setting | value |\n|---|---|\n" + table
+    if summary and summary.get("training_config"):
+        config_json = json.dumps(summary["training_config"], indent=1, default=str)
+        text += f"\n\n<details><summary>Full training configuration</summary>\n\n```json\n{config_json}\n```\n</details>"
+    return text
 
 
 def build_model_card(

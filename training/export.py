@@ -27,9 +27,16 @@ def export_pretrained(
     accelerator,
     model: torch.nn.Module,
     output_dir: str | os.PathLike,
-    card: str,
+    summary: dict[str, Any],
+    train_config: dict[str, Any] | None = None,
 ) -> Path:
-    """Save the model for ``from_pretrained``; every process calls (FSDP gathers the full weights)."""
+    """Save the model for ``from_pretrained``; every process calls (FSDP gathers the full weights).
+
+    Beside the weights go ``training_summary.json`` (what was trained on what, for how long, final
+    losses) and the model card generated from it by ``model_card`` (regenerated with evaluation results
+    by ``txfm card`` once ``txfm evaluate`` has run).
+    """
+    from model_card import write_model_card
     from modeling_txfm import TxFMProcessor
 
     output_dir = Path(output_dir)
@@ -45,7 +52,9 @@ def export_pretrained(
     tmp.mkdir(parents=True)
     unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     TxFMProcessor.from_config(unwrapped.config).save_pretrained(tmp)
-    (tmp / "README.md").write_text(card)
+    (tmp / "training_summary.json").write_text(json.dumps({**summary, "training_config": train_config}, indent=1,
+                                                         default=str))
+    write_model_card(tmp)
     names = sorted(p.name for p in tmp.iterdir())
     for name in sorted(names, key=lambda n: n == "config.json"):  # config.json last
         target = output_dir / name
@@ -54,58 +63,6 @@ def export_pretrained(
         os.replace(tmp / name, target)
     shutil.rmtree(tmp, ignore_errors=True)
     return output_dir
-
-
-def model_card(config, train_config, summary: dict[str, Any]) -> str:
-    """A short, honest README: what was trained on what, for how long, and what was (not) measured."""
-    metrics = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                        for k, v in summary.items())
-    return f"""---
-library_name: transformers
-tags: [biology, transcriptomics, rna-seq, masked-autoencoder, txfm]
-license: apache-2.0
----
-
-# TxFM ({config.preset or 'custom'}) — masked autoencoder over RNA-seq counts
-
-A TxFM model (masked autoencoder over gene expression; Kenyon-Dean et al., "Effective Biological
-Representation Learning by Masking Gene Expression") trained with `training/pretrain.py`.
-
-* Architecture: {config.num_hidden_layers} blocks, width {config.hidden_size}, {config.num_attention_heads} heads,
-  K = {config.num_visible_genes} visible genes, vocabulary of {config.vocab_size:,} genes (Ensembl IDs in `config.json`).
-* Training corpus: `{train_config.corpus}`{' (initialised from `' + str(train_config.init_from) + '`)' if train_config.init_from else ''}.
-* Objective: Poisson loss in log space over every profiled gene; AdamW, peak lr {train_config.learning_rate},
-  global batch {train_config.global_batch_size}, one-cycle cosine schedule.
-
-## Training summary
-
-| quantity | value |
-|---|---|
-{metrics}
-
-Validation numbers are the pretraining objective on the corpus's held-out batches, not a benchmark.
-This card makes no claim about downstream quality: evaluate it against the simple baselines
-(library-size + log normalised counts, PCA) with `txfm evaluate` before using it.
-
-## Use
-
-```python
-from transformers import AutoModel, AutoFeatureExtractor
-model = AutoModel.from_pretrained("PATH_OR_ID", trust_remote_code=True)
-processor = AutoFeatureExtractor.from_pretrained("PATH_OR_ID", trust_remote_code=True)
-inputs = processor(counts, gene_names)  # raw counts [samples, genes], Ensembl IDs or symbols
-embedding = model(**inputs).embedding
-```
-
-or `txfm embed data.h5ad --model PATH_OR_ID`.
-
-<details><summary>Training configuration</summary>
-
-```json
-{json.dumps(train_config.to_flat_dict(), indent=1, default=str)}
-```
-</details>
-"""
 
 
 def push_to_hub(output_dir: str | os.PathLike, repo_id: str, private: bool = False) -> str:

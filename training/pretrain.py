@@ -39,7 +39,7 @@ from training.checkpoint import TrainerState, latest_checkpoint, save_checkpoint
 from training.collator import TxFMCollator, masked_gene_mask
 from training.config import ConfigError, TrainConfig, load_config, plan_batches, total_optimizer_steps
 from training.data import CorpusError, TrainBatches, ValidationBatches, open_corpus
-from training.export import HubPushError, export_pretrained, model_card, push_to_hub
+from training.export import HubPushError, export_pretrained, push_to_hub
 from training.tracking import CSVTracker
 
 LOGGER = logging.getLogger("txfm.pretrain")
@@ -324,11 +324,17 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + int(stopped_by)
 
     # ---- publish ----
-    summary = {"steps": state.step, "samples seen": state.samples_seen,
-               "epochs": round(state.samples_seen / corpus.num_train_rows, 3),
-               **{k: v for k, v in last_metrics.items() if k.startswith(("val/", "train/loss"))}}
-    card = model_card(accelerator.unwrap_model(model).config, cfg, summary)
-    export_pretrained(accelerator, model, output_dir, card)
+    summary = {
+        "corpus": str(cfg.corpus), "corpus_samples": corpus.num_train_rows, "init_from": cfg.init_from,
+        "steps": state.step, "samples_seen": state.samples_seen,
+        "epochs": round(state.samples_seen / corpus.num_train_rows, 3),
+        "global_batch_size": plan.global_batch_size, "num_processes": world, "learning_rate": cfg.learning_rate,
+        "weight_decay": weight_decay, "mixed_precision": mixed_precision,
+        "final_train_loss": last_metrics.get("train/loss"), "final_validation_loss": last_metrics.get("val/loss"),
+        "validation_masked_pearson": last_metrics.get("val/masked_pearson"),
+        "metrics": {k: v for k, v in last_metrics.items() if k.startswith(("val/", "train/loss"))},
+    }
+    export_pretrained(accelerator, model, output_dir, summary, cfg.to_flat_dict())
     accelerator.wait_for_everyone()
     accelerator.end_training()
     LOGGER.info("saved the model to %s (AutoModel.from_pretrained(..., trust_remote_code=True))", output_dir)
