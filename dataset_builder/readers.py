@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import CorruptInputError, NotCountsError
+from .errors import CorpusBuildError, CorruptInputError, NotCountsError
 
 #: Values within this distance of an integer count as integers (float32/float64 round-off, e.g.
 #: celltypist's ``0.999999999999999``); anything further away is not a count.
@@ -191,6 +191,13 @@ class _H5Matrix:
         self.shape = (int(shape[0]), int(shape[1]))
         self._indptr = np.asarray(element["indptr"][:], dtype=np.int64)
         expected = self.shape[0] + 1 if self.kind == "csr" else self.shape[1] + 1
+        n_stored = (element["data"].shape[0], element["indices"].shape[0])
+        if len(self._indptr) == expected and (self._indptr[0] != 0 or (np.diff(self._indptr) < 0).any()
+                                              or n_stored[0] != n_stored[1]):
+            raise CorruptInputError(
+                f"{path}: '{name}' is damaged: indptr is not non-decreasing from 0, or {n_stored[0]} values but "
+                f"{n_stored[1]} indices are stored. Re-download the file."
+            )
         if len(self._indptr) != expected or self._indptr[-1] > element["data"].shape[0]:
             raise CorruptInputError(
                 f"{path}: '{name}' is inconsistent (indptr length {len(self._indptr)}, expected "
@@ -219,9 +226,11 @@ class _H5Matrix:
                 low, high = int(indptr[0]), int(indptr[-1])
                 data = self.element["data"][low:high]
                 indices = self.element["indices"][low:high]
+                if len(indices) and (indices.min() < 0 or indices.max() >= self.shape[1]):
+                    raise ValueError(f"column indices outside 0..{self.shape[1] - 1}")  # scipy does not check
                 return sp.csr_matrix((data, indices, indptr - low), shape=(stop - start, self.shape[1]))
             return self._read_csc_rows(start, stop)
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
             raise CorruptInputError(
                 f"{self.path}: reading rows {start}:{stop} of '{self.name}' failed ({error}); the file "
                 "is truncated or corrupt. Re-download it."
@@ -234,6 +243,8 @@ class _H5Matrix:
         for low in range(0, total, block):
             high = min(total, low + block)
             indices = np.asarray(self.element["indices"][low:high])
+            if len(indices) and (indices.min() < 0 or indices.max() >= self.shape[0]):
+                raise ValueError(f"row indices outside 0..{self.shape[0] - 1}")
             inside = (indices >= start) & (indices < stop)
             if not inside.any():
                 continue
@@ -288,9 +299,15 @@ class H5adReader(MatrixReader):
                 var_key = "var"
             var = _read_frame(self.handle, var_key, self.path)
             self._obs = _read_frame(self.handle, "obs", self.path)
-        except Exception:
+        except CorpusBuildError:
             self.handle.close()
             raise
+        except Exception as error:  # h5py/anndata/pandas on a damaged file raise many types; one meaning
+            self.handle.close()
+            raise CorruptInputError(
+                f"{self.path}: damaged h5ad ({type(error).__name__}: {error}). Re-download it or re-write it "
+                "with anndata."
+            ) from error
         if var is None or self._obs is None:
             raise CorruptInputError(f"{self.path}: h5ad file lacks 'obs' or '{var_key}'.")
         if self.matrix.shape != (len(self._obs), len(var)):
@@ -602,7 +619,10 @@ class TextMatrixReader(MatrixReader):
             version, dims = handle.readline().strip(), handle.readline().split()
         if not version.startswith("#1.") or len(dims) < 2:
             raise CorruptInputError(f"{self.path}: not a GCT file (first lines {version!r}, {dims!r}).")
-        expected = (int(dims[0]), int(dims[1]))
+        try:
+            expected = (int(dims[0]), int(dims[1]))
+        except ValueError as error:
+            raise CorruptInputError(f"{self.path}: GCT dimension line {dims!r} is not two integers.") from error
         if expected != (n_rows, n_columns):
             raise CorruptInputError(
                 f"{self.path}: GCT header announces {expected[0]} genes × {expected[1]} samples but the "

@@ -295,7 +295,14 @@ class TxFMProcessor(FeatureExtractionMixin):
         ``training=True`` draws K visible genes per sample at random (from ``generator``);
         otherwise the deterministic inference choice applies (module docstring).
         """
-        counts = counts if sp.issparse(counts) else np.asarray(counts)
+        if isinstance(gene_names, (str, bytes)):
+            raise TxFMInputError("gene_names must be a sequence of gene identifiers (one per column), not a string.")
+        if isinstance(counts, np.ma.MaskedArray) and np.ma.getmask(counts).any():
+            raise TxFMInputError("Counts are a masked array with masked entries: fill or drop them first (no silent fill).")
+        try:
+            counts = counts if sp.issparse(counts) else np.asarray(counts)
+        except (ValueError, TypeError) as error:  # ragged nested lists, objects numpy cannot stack
+            raise TxFMInputError(f"Counts cannot be read as a samples × genes matrix ({error}).") from error
         if counts.ndim != 2:
             raise TxFMInputError(f"Counts must be a 2-D samples × genes matrix, got shape {counts.shape}")
         if counts.shape[1] != len(gene_names):
@@ -305,7 +312,15 @@ class TxFMProcessor(FeatureExtractionMixin):
         self.validate_counts(counts, counts_are_normalized, sample_names, gene_names)
         match = self.match_genes(gene_names)
         mapped = sp.csr_matrix(counts, dtype=np.float64) @ match.aggregate  # [n, P]
-        totals = np.asarray(mapped.sum(axis=1)).ravel()
+        with np.errstate(over="ignore"):
+            totals = np.asarray(mapped.sum(axis=1)).ravel()
+        overflow = np.flatnonzero(~np.isfinite(totals))
+        if len(overflow):  # L·x/Σx with Σx = inf would silently give an all-zero profile
+            names = [sample_names[i] if sample_names is not None else f"row {i}" for i in overflow[:5]]
+            raise TxFMInputError(
+                f"{len(overflow):,} samples have a total count too large for float64 (e.g. {names}): these are "
+                "not counts. Pass raw counts."
+            )
         empty = np.flatnonzero(totals <= 0)
         if len(empty):
             names = [sample_names[i] if sample_names is not None else f"row {i}" for i in empty[:5]]
