@@ -17,6 +17,7 @@ from .modeling_txfm import (
     rectified_tanh,
 )
 from .processing_txfm import TxFMInputError, TxFMProcessor
+from .safe_loading import TxFMCheckpointError
 
 AutoConfig.register("txfm", TxFMConfig, exist_ok=True)
 AutoModel.register(TxFMConfig, TxFMModel, exist_ok=True)
@@ -36,6 +37,7 @@ __all__ = [
     "TxFMPreTrainedModel",
     "TxFMProcessor",
     "TxFMInputError",
+    "TxFMCheckpointError",
     "embed",
     "gene_representations",
     "gene_representations_anndata",

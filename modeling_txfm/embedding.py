@@ -12,6 +12,8 @@ encoder codebook and the decoder's per-gene reconstruction weights — keyed by 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -32,9 +34,15 @@ DEFAULT_CHUNK_SIZE = 4096
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device | None = None):
-    """Load a TxFM checkpoint folder with our own classes (safetensors only; no remote code)."""
-    from .modeling_txfm import TxFMForMaskedExpressionModeling
+    """Load a TxFM checkpoint folder with our own classes (safetensors only; no remote code).
 
+    The folder is checked first (:func:`safe_loading.check_checkpoint`): pickle files, weights that do not
+    match the config, or a processor vocabulary that differs from the model's raise TxFMCheckpointError.
+    """
+    from .modeling_txfm import TxFMForMaskedExpressionModeling
+    from .safe_loading import check_checkpoint
+
+    check_checkpoint(path, TxFMForMaskedExpressionModeling)
     model = TxFMForMaskedExpressionModeling.from_pretrained(str(path), use_safetensors=True)
     return model.to(device or "cpu").eval()
 
@@ -60,20 +68,66 @@ class _H5adRows:
         self.path = Path(path)
         try:
             self.file = h5py.File(self.path, "r")
-        except OSError as error:
+        except (OSError, ValueError) as error:
             raise TxFMInputError(f"{self.path} is not a readable .h5ad (HDF5) file: {error}") from error
+        try:
+            self._open(layer)
+        except TxFMInputError:
+            self.file.close()
+            raise
+        except Exception as error:  # h5py/anndata/pandas on a damaged file: many types, one meaning
+            self.file.close()
+            raise TxFMInputError(
+                f"{self.path} is damaged or not a valid .h5ad ({type(error).__name__}: {error}). Re-download or "
+                "re-write it with anndata."
+            ) from error
+
+    def _open(self, layer: str | None) -> None:
         key = {None: "X", "raw": "raw/X"}.get(layer, f"layers/{layer}")
         if key not in self.file:
             raise TxFMInputError(f"{self.path} has no {key!r} matrix (layer={layer!r}).")
         element = self.file[key]
         self.matrix = ad.io.sparse_dataset(element) if isinstance(element, h5py.Group) else element
         self.shape = tuple(self.matrix.shape)
+        if len(self.shape) != 2:
+            raise TxFMInputError(f"{self.path}: {key!r} has shape {self.shape}, not samples × genes.")
         self.obs_names = np.asarray(ad.io.read_elem(self.file["obs"]).index)
         var_group = self.file["raw/var"] if layer == "raw" else self.file["var"]
         self.var = ad.io.read_elem(var_group)
+        if self.shape != (len(self.obs_names), len(self.var)):
+            raise TxFMInputError(
+                f"{self.path}: {key!r} has shape {self.shape} but obs/var have {len(self.obs_names)}/"
+                f"{len(self.var)} rows: the file is inconsistent (damaged or half-written)."
+            )
+        if isinstance(element, h5py.Group):
+            self._check_sparse(element, key)
+
+    def _check_sparse(self, group: h5py.Group, key: str) -> None:
+        """Structural checks of a CSR/CSC group, so that a damaged index can never become a wrong embedding."""
+        indptr = np.asarray(group["indptr"][:])
+        n_major = self.shape[0] if self.matrix.format == "csr" else self.shape[1]
+        n_stored = (group["data"].shape[0], group["indices"].shape[0])
+        problem = None
+        if len(indptr) != n_major + 1:
+            problem = f"indptr has {len(indptr)} entries, expected {n_major + 1}"
+        elif len(indptr) and (indptr[0] != 0 or (np.diff(indptr) < 0).any()):
+            problem = "indptr is not a non-decreasing sequence starting at 0"
+        elif n_stored[0] != n_stored[1] or (len(indptr) and indptr[-1] != n_stored[0]):
+            problem = f"indptr ends at {indptr[-1] if len(indptr) else 0} but {n_stored} values/indices are stored"
+        if problem:
+            raise TxFMInputError(f"{self.path}: sparse matrix {key!r} is damaged ({problem}). Re-download the file.")
 
     def __getitem__(self, rows: slice):
-        return self.matrix[rows]
+        try:
+            chunk = self.matrix[rows]
+        except Exception as error:
+            raise TxFMInputError(
+                f"{self.path}: reading rows {rows.start}:{rows.stop} failed ({type(error).__name__}: {error}); the "
+                "file is damaged. Re-download it."
+            ) from error
+        if sp.issparse(chunk) and chunk.nnz and (chunk.indices.min() < 0 or chunk.indices.max() >= self.shape[1]):
+            raise TxFMInputError(f"{self.path}: rows {rows.start}:{rows.stop} index genes outside the matrix; damaged file.")
+        return chunk
 
     def close(self) -> None:
         self.file.close()
@@ -99,8 +153,8 @@ def _in_memory_matrix(adata: ad.AnnData, layer: str | None):
     return adata.layers[layer], adata.var
 
 
-def iter_row_chunks(matrix, n_rows: int, chunk_size: int) -> Iterator[tuple[int, int, object]]:
-    for start in range(0, n_rows, chunk_size):
+def iter_row_chunks(matrix, n_rows: int, chunk_size: int, first: int = 0) -> Iterator[tuple[int, int, object]]:
+    for start in range(first, n_rows, chunk_size):
         stop = min(start + chunk_size, n_rows)
         yield start, stop, matrix[start:stop]
 
@@ -150,6 +204,7 @@ def embed(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     counts_are_normalized: bool = False,
     show_progress: bool = True,
+    resume_dir: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """Embed every sample (row) of ``adata`` with a TxFM model.
 
@@ -163,6 +218,9 @@ def embed(
         layer: matrix of raw counts: ``None`` (X), a ``layers`` key, or ``"raw"``.
         chunk_size: rows read from disk at a time (bounds memory for files).
         counts_are_normalized: accept non-integer, library-size-normalised (not logged) values.
+        resume_dir: keep finished chunks in this folder (a memory-mapped ``embeddings.npy`` and an
+            atomically replaced ``progress.json``, both fsync'ed). If it already holds progress for the
+            same input, model and settings, those rows are not recomputed: an interrupted run continues.
 
     Returns:
         float32 array [n_samples, hidden_size].
@@ -183,22 +241,119 @@ def embed(
         var = _in_memory_matrix(adata, layer)[1] if layer == "raw" else adata.var
         n_rows, obs_names = adata.n_obs, np.asarray(adata.obs_names)
     gene_names = _gene_names(var, gene_col)
+    store = None
     try:
         processor.match_genes(gene_names)  # fail fast, before any compute
-        embeddings = np.zeros((n_rows, model.config.hidden_size), dtype=np.float32)
-        progress = tqdm(total=n_rows, desc="txfm embed", unit="sample", disable=not show_progress)
-        for start, stop, chunk in iter_row_chunks(matrix, n_rows, chunk_size):
+        if resume_dir is not None:
+            fingerprint = _fingerprint(adata, model, processor, gene_names, obs_names,
+                                       dict(layer=layer, gene_col=gene_col, normalized=counts_are_normalized))
+            store = ChunkStore(resume_dir, n_rows, model.config.hidden_size, fingerprint)
+            embeddings, first = store.embeddings, store.rows_done
+        else:
+            embeddings, first = np.zeros((n_rows, model.config.hidden_size), dtype=np.float32), 0
+        progress = tqdm(total=n_rows, initial=first, desc="txfm embed", unit="sample", disable=not show_progress)
+        for start, stop, chunk in iter_row_chunks(matrix, n_rows, chunk_size, first):
             embeddings[start:stop] = embed_counts(
                 _as_matrix(chunk), gene_names, model, processor, batch_size, counts_are_normalized, obs_names[start:stop]
             )
+            if store is not None:
+                store.commit(stop)
             progress.update(stop - start)
         progress.close()
+        if store is not None:
+            embeddings = np.array(store.embeddings)
+    except TxFMInputError as error:
+        if reader is not None and str(reader.path) not in str(error):  # say which file, not only which sample
+            raise TxFMInputError(f"{reader.path}: {error}") from error
+        raise
     finally:
         if reader is not None:
             reader.close()
+        if store is not None:
+            store.close()
     if key_added and isinstance(adata, ad.AnnData):
         adata.obsm[key_added] = embeddings
     return embeddings
+
+
+class ChunkStore:
+    """Finished rows of an ``embed`` run on disk, so that a killed run continues where it stopped.
+
+    ``embeddings.npy`` is a memory-mapped [n, d] float32 array; ``progress.json`` says how many leading
+    rows are final. A row count is only ever recorded *after* those rows are msync'ed, and the record is
+    replaced atomically (write, fsync, rename, fsync the folder), so a kill at any instant leaves either
+    the old or the new count, each describing rows that are really on disk. Rows after the recorded count
+    may be half-written: they are recomputed. The fingerprint (input, model weights, settings) decides
+    whether existing progress belongs to this run; otherwise it starts over.
+    """
+
+    def __init__(self, folder: str | os.PathLike, n_rows: int, width: int, fingerprint: str):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.array_path, self.state_path = self.folder / "embeddings.npy", self.folder / "progress.json"
+        self.fingerprint, self.n_rows = fingerprint, n_rows
+        state = self._read_state()
+        self.embeddings: np.memmap | None = None
+        if state and state.get("fingerprint") == fingerprint and 0 <= state.get("rows_done", -1) <= n_rows:
+            try:
+                array = np.lib.format.open_memmap(self.array_path, mode="r+")
+                if array.shape == (n_rows, width) and array.dtype == np.float32:
+                    self.embeddings, self.rows_done = array, int(state["rows_done"])
+            except (OSError, ValueError):
+                pass
+        if self.embeddings is None:
+            self.state_path.unlink(missing_ok=True)  # never leave progress pointing at a fresh, empty array
+            self.embeddings = np.lib.format.open_memmap(self.array_path, mode="w+", dtype=np.float32,
+                                                        shape=(n_rows, width))
+            self.rows_done = 0
+            self._write_state(0)
+
+    def _read_state(self) -> dict | None:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write_state(self, rows_done: int) -> None:
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        with open(tmp, "w") as handle:
+            json.dump({"fingerprint": self.fingerprint, "rows_done": rows_done, "n_rows": self.n_rows}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.state_path)
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def commit(self, rows_done: int) -> None:
+        """Rows [0, rows_done) are final: make them durable, then record it."""
+        self.embeddings.flush()  # msync(MS_SYNC) of the mapping
+        self._write_state(rows_done)
+        self.rows_done = rows_done
+
+    def close(self) -> None:
+        if self.embeddings is not None:
+            self.embeddings.flush()
+            self.embeddings = None
+
+
+def _fingerprint(source, model: torch.nn.Module, processor: TxFMProcessor, gene_names: list[str], obs_names,
+                 settings: dict) -> str:
+    """What makes stored rows valid: the input (file identity or names and shape), the weights, the settings."""
+    digest = hashlib.sha256()
+    if isinstance(source, (str, os.PathLike)):
+        stat = Path(source).stat()
+        digest.update(f"{Path(source).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    digest.update("\x00".join(map(str, obs_names)).encode())
+    digest.update("\x00".join(gene_names).encode())
+    for name, tensor in sorted(_encoder(model).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    digest.update(processor.to_json_string().encode())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def _as_matrix(chunk):
@@ -267,15 +422,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layer", default=None, help="layer with raw counts ('raw' for raw/X; default: X)")
     parser.add_argument("--counts-are-normalized", action="store_true", help="accept non-integer normalised input")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run: reuse the chunks finished in OUT.embed-progress/")
     parser.set_defaults(func=_run_embed)
+
+
+def progress_dir(out: str | os.PathLike) -> Path:
+    """Where ``txfm embed`` keeps finished chunks until ``out`` is written (see :class:`ChunkStore`)."""
+    return Path(f"{out}.embed-progress")
 
 
 def _run_embed(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
+    work = progress_dir(args.out)
+    if not args.resume and work.exists():
+        shutil.rmtree(work)
     embeddings = embed(
         args.input, model, batch_size=args.batch_size, gene_col=args.gene_col, layer=args.layer,
-        chunk_size=args.chunk_size, counts_are_normalized=args.counts_are_normalized,
+        chunk_size=args.chunk_size, counts_are_normalized=args.counts_are_normalized, resume_dir=work,
     )
     write_embedding_h5ad(args.input, args.out, embeddings, args.key)
+    shutil.rmtree(work, ignore_errors=True)  # only once `out` is complete (atomic rename above)
     print(f"wrote {embeddings.shape[0]:,} embeddings of width {embeddings.shape[1]} to {args.out} (obsm[{args.key!r}])")
     return 0
