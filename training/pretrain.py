@@ -40,6 +40,7 @@ from training.collator import TxFMCollator, masked_gene_mask
 from training.config import ConfigError, TrainConfig, load_config, plan_batches, total_optimizer_steps
 from training.data import CorpusError, TrainBatches, ValidationBatches, open_corpus
 from training.export import HubPushError, export_pretrained, push_to_hub
+from training.memory import return_large_buffers_to_os
 from training.tracking import CSVTracker
 
 LOGGER = logging.getLogger("txfm.pretrain")
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint_dir, log_dir = output_dir / "checkpoints", output_dir / "logs"
 
     # ---- accelerator: fp32 on CPU (bf16 is ~10x slower there), bf16 autocast on GPUs ----
+    if not torch.cuda.is_available():
+        return_large_buffers_to_os()  # activation buffers back to the OS: ~0.4 GiB less peak RSS (training/memory.py)
     mixed_precision = cfg.mixed_precision
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() else "no"
