@@ -41,3 +41,13 @@ def test_readme_python_example_runs(index, workdir):
     result = subprocess.run([sys.executable, "-c", BLOCKS[index]], cwd=workdir, capture_output=True, text=True,
                             env=python_env(), timeout=300)
     assert result.returncode == 0, f"README example {index} failed:\n{BLOCKS[index]}\n{result.stderr[-3000:]}"
+
+
+def test_readme_results_block_is_generated_from_committed_results():
+    from model_card.readme_results import END, START, results_block
+
+    files = sorted((REPO / "benchmarks" / "results").glob("*.json"))
+    assert files, "benchmarks/results/ holds the results.json files the README tables come from"
+    text = (REPO / "README.md").read_text()
+    block = START + text.split(START, 1)[1].split(END, 1)[0] + END
+    assert block == results_block([f.relative_to(REPO) for f in files])
