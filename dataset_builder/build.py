@@ -144,23 +144,56 @@ def _row_cost(reader: MatrixReader, n_genes: int, raw_nnz: np.ndarray | None = N
     return np.full(reader.n_samples, float(max(1, n_genes // 10)))
 
 
+def _segment_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """Per-row sums of ``values`` (wrapping uint64) from one cumulative sum; empty rows give 0."""
+    cumulative = np.empty(len(values) + 1, dtype=values.dtype)
+    cumulative[0] = 0
+    np.cumsum(values, out=cumulative[1:])
+    return cumulative[indptr[1:]] - cumulative[indptr[:-1]]
+
+
 def _row_hashes(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """Two independent 64-bit content hashes per row (order-free sums of mixed (gene, count) pairs)."""
+    """Two 64-bit content hashes per row (order-free sums of mixed (gene, count) pairs).
 
-    def mix(x: np.ndarray) -> np.ndarray:  # multiply-xorshift (in place: no temporaries)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(29)
-        x *= np.uint64(0x94D049BB133111EB)
-        return x
+    Why this shape: one hash per *element* then a segment sum is vectorised and independent of
+    the order of genes within a row (the scan pass does not sort). The (gene, count) pair is packed
+    into one uint64 by writing the two int32 halves in place (no shift/or temporaries), mixed once
+    with the splitmix64 finaliser for the first hash and re-mixed by a second bijection for the
+    second, all in place: ~10 passes over the block instead of ~18 with two separate seeds.
+    """
+    n = len(matrix.indices)
+    key = np.empty(n, dtype=np.uint64)
+    halves = key.view(np.uint32).reshape(n, 2)
+    halves[:, 0] = matrix.data  # counts ≥ 0 (checked by to_counts): the uint32 cast is exact
+    halves[:, 1] = matrix.indices
+    scratch = np.empty_like(key)
 
-    # (gene << 32) | count is injective for int32 counts, so one mix per element and hash suffices
-    key = (matrix.indices.astype(np.uint64) << np.uint64(32)) | matrix.data.astype(np.uint64)
-    hashes = []
-    for seed in (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03)):
-        mixed = mix(key + seed)
-        cumulative = np.concatenate([[np.uint64(0)], np.cumsum(mixed, dtype=np.uint64)])
-        hashes.append(cumulative[matrix.indptr[1:]] - cumulative[matrix.indptr[:-1]])
-    return hashes[0], hashes[1]
+    def xorshift(x: np.ndarray, bits: int) -> None:
+        np.right_shift(x, np.uint64(bits), out=scratch)
+        x ^= scratch
+
+    key += np.uint64(0x9E3779B97F4A7C15)
+    xorshift(key, 30)
+    key *= np.uint64(0xBF58476D1CE4E5B9)
+    xorshift(key, 27)
+    key *= np.uint64(0x94D049BB133111EB)
+    xorshift(key, 31)
+    first = _segment_sums(key, matrix.indptr)
+    key *= np.uint64(0xD1B54A32D192ED03)
+    xorshift(key, 29)
+    return first, _segment_sums(key, matrix.indptr)
+
+
+def _gene_samples(mapped: sp.csr_matrix, row_nnz: np.ndarray, min_genes: int, n_genes: int) -> np.ndarray:
+    """Samples expressing each gene, among samples passing ``min_genes`` (≥ 1 gene always).
+
+    Without a ``min_genes`` threshold every non-empty row passes and empty rows add nothing, so
+    the mask (a repeat and a gather over every non-zero) is skipped.
+    """
+    if min_genes <= 1:
+        return np.bincount(mapped.indices, minlength=n_genes)
+    passing = np.repeat(row_nnz >= min_genes, row_nnz)
+    return np.bincount(mapped.indices[passing], minlength=n_genes)
 
 
 def _first_column(obs: pd.DataFrame, keys: str | None) -> pd.Series | None:
@@ -278,8 +311,7 @@ class PreparedInput:
             stats["nnz"][start:stop] = row_nnz
             stats["total"][start:stop] = np.asarray(mapped.sum(axis=1)).ravel()
             stats["hash1"][start:stop], stats["hash2"][start:stop] = _row_hashes(mapped)
-            passing = np.repeat(row_nnz >= max(min_genes, 1), row_nnz)
-            stats["gene_samples"] += np.bincount(mapped.indices[passing], minlength=n_genes)
+            stats["gene_samples"] += _gene_samples(mapped, row_nnz, min_genes, n_genes)
         storage.save_npz_atomic(cache, **stats)
         self.stats = stats
 
