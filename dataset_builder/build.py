@@ -22,9 +22,13 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import shutil
-from collections.abc import Sequence
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +96,9 @@ class BuildOptions:
     block_rows: int = 8_192
     allow_non_integer: bool = False
     drop_duplicates: bool = True
+    # threads that read, transform and encode blocks / shards; results are consumed in order, so
+    # the output does not depend on it (it is left out of the build fingerprint)
+    workers: int = field(default_factory=lambda: max(1, min(2, os.cpu_count() or 1)))
     sources_info: dict[str, dict] = field(default_factory=dict)  # citation/licence for the card
     dataset_name: str = "TxFM corpus"
     progress: bool = True
@@ -196,6 +203,33 @@ def _gene_samples(mapped: sp.csr_matrix, row_nnz: np.ndarray, min_genes: int, n_
     return np.bincount(mapped.indices[passing], minlength=n_genes)
 
 
+def _ordered_map(function: Callable, items: Iterable, workers: int) -> Iterator[tuple]:
+    """Yield ``(item, function(item))`` in input order, computing up to ``workers`` at once.
+
+    Why threads: the heavy steps (h5py reads, numpy/scipy kernels, the Parquet encoder) release
+    the GIL, and threads keep one process, one peak RSS and no pickling. At most ``2 × workers``
+    items are submitted ahead of the consumer, so memory stays bounded. The first failure in input
+    order is raised (later work is cancelled), so errors are deterministic too.
+    """
+    if workers <= 1:
+        for item in items:
+            yield item, function(item)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="corpus")
+    pending: deque[tuple[object, Future]] = deque()
+    try:
+        for item in items:
+            pending.append((item, pool.submit(function, item)))
+            if len(pending) >= 2 * workers:
+                head, future = pending.popleft()
+                yield head, future.result()
+        while pending:
+            head, future = pending.popleft()
+            yield head, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _first_column(obs: pd.DataFrame, keys: str | None) -> pd.Series | None:
     if not keys:
         return None
@@ -254,6 +288,7 @@ class PreparedInput:
         self.report: dict[str, Any] = {"file": str(self.path), "reader": self.reader.describe(), "rules": {}}
         self.profile_map: GeneMap | None = None
         self.profile_positions: np.ndarray | None = None
+        self._read_lock = threading.Lock()  # readers are not all thread-safe (h5py, open text files)
 
     def _metadata(self) -> dict[str, np.ndarray]:
         obs = self.reader.obs.copy()
@@ -303,39 +338,63 @@ class PreparedInput:
             "hash2": np.zeros(self.n, dtype=np.uint64),
             "gene_samples": np.zeros(n_genes, dtype=np.int64),
         }
-        min_genes = self.spec.min_genes
-        for start, stop, counts in self.blocks(None, f"scan {self.path.name}"):
-            stats["raw_nnz"][start:stop] = np.diff(counts.indptr)
-            mapped = self.gene_map.apply(counts, sort=False)
-            row_nnz = np.diff(mapped.indptr)
-            stats["nnz"][start:stop] = row_nnz
-            stats["total"][start:stop] = np.asarray(mapped.sum(axis=1)).ravel()
-            stats["hash1"][start:stop], stats["hash2"][start:stop] = _row_hashes(mapped)
-            stats["gene_samples"] += _gene_samples(mapped, row_nnz, min_genes, n_genes)
+        ranges = self._ranges(None)
+        with self._bar(self.n, f"scan {self.path.name}") as bar:
+            # blocks are read and reduced on worker threads, consumed in order: the first bad
+            # block in file order is the one reported, and every statistic is an exact integer
+            for (start, stop), block in _ordered_map(self._scan_block, ranges, self.options.workers):
+                for name in ("raw_nnz", "nnz", "total", "hash1", "hash2"):
+                    stats[name][start:stop] = block[name]
+                stats["gene_samples"] += block["gene_samples"]
+                bar.update(stop - start)
         storage.save_npz_atomic(cache, **stats)
         self.stats = stats
 
-    def blocks(self, rows: np.ndarray | None, label: str, validated: bool = False):
-        """Yield ``(start, stop, counts)`` over row ranges covering ``rows`` (all rows if None).
+    def _scan_block(self, block_range: tuple[int, int]) -> dict[str, np.ndarray]:
+        """Statistics of one row range (runs on a worker thread: touches no shared state)."""
+        start, stop = block_range
+        counts = self._read(start, stop, validated=False)
+        mapped = self.gene_map.apply(counts, sort=False)
+        row_nnz = np.diff(mapped.indptr)
+        hash1, hash2 = _row_hashes(mapped)
+        return {
+            "raw_nnz": np.diff(counts.indptr),
+            "nnz": row_nnz,
+            "total": np.asarray(mapped.sum(axis=1)).ravel(),
+            "hash1": hash1,
+            "hash2": hash2,
+            "gene_samples": _gene_samples(mapped, row_nnz, self.spec.min_genes, len(self.gene_map.gene_ids)),
+        }
+
+    def _ranges(self, rows: np.ndarray | None) -> list[tuple[int, int]]:
+        """Contiguous read ranges covering ``rows`` (all rows if None) within the block budget."""
+        reader, options = self.reader, self.options
+        cost = _row_cost(reader, len(reader.gene_names), self.stats.get("raw_nnz"))
+        scale = 16 if reader.full_pass_per_block else 1
+        return _block_ranges(cost, options.block_nnz * scale, options.block_rows * scale, rows)
+
+    def _bar(self, total: int, label: str) -> tqdm:
+        return tqdm(total=total, desc=label, unit="sample", disable=not self.options.progress, leave=False)
+
+    def _read(self, start: int, stop: int, validated: bool) -> sp.csr_matrix:
+        """Rows ``start:stop`` as int32 counts (thread-safe: reader access is serialised).
 
         ``validated=True`` (after the scan pass checked every value) only rounds to integers.
         """
-        reader, options = self.reader, self.options
-        raw_nnz = self.stats.get("raw_nnz")
-        cost = _row_cost(reader, len(reader.gene_names), raw_nnz)
-        budget = options.block_nnz * (16 if reader.full_pass_per_block else 1)
-        ranges = _block_ranges(cost, budget, options.block_rows * (16 if reader.full_pass_per_block else 1), rows)
-        total = self.n if rows is None else len(rows)
-        with tqdm(total=total, desc=label, unit="sample", disable=not options.progress, leave=False) as bar:
-            for start, stop in ranges:
-                block = reader.read_rows(start, stop)
-                if validated:
-                    data = block.data if block.data.dtype.kind in "iu" else np.rint(block.data)
-                    counts = sp.csr_matrix((data.astype(np.int32), block.indices, block.indptr), shape=block.shape)
-                    counts.eliminate_zeros()
-                else:
-                    counts = to_counts(block, self.path, start, options.allow_non_integer)
-                yield start, stop, counts
+        with self._read_lock:
+            block = self.reader.read_rows(start, stop)
+        if validated:
+            data = block.data if block.data.dtype.kind in "iu" else np.rint(block.data)
+            counts = sp.csr_matrix((data.astype(np.int32), block.indices, block.indptr), shape=block.shape)
+            counts.eliminate_zeros()
+            return counts
+        return to_counts(block, self.path, start, self.options.allow_non_integer)
+
+    def blocks(self, rows: np.ndarray | None, label: str, validated: bool = False):
+        """Yield ``(start, stop, counts)`` over row ranges covering ``rows`` (all rows if None)."""
+        with self._bar(self.n if rows is None else len(rows), label) as bar:
+            for start, stop in self._ranges(rows):
+                yield start, stop, self._read(start, stop, validated)
                 bar.update(stop - start if rows is None else int(np.count_nonzero((rows >= start) & (rows < stop))))
 
     # ---- pass 2 helpers
@@ -587,7 +646,7 @@ def _fingerprint(specs: Sequence[InputSpec], options: BuildOptions, vocabulary: 
     payload = {
         "builder": BUILDER_VERSION,
         "inputs": [{**asdict(s), "files": _input_fingerprint(Path(s.path))} for s in specs],
-        "options": {k: v for k, v in asdict(options).items() if k not in ("progress", "sources_info", "dataset_name", "work_dir")},
+        "options": {k: v for k, v in asdict(options).items() if k not in ("progress", "sources_info", "dataset_name", "work_dir", "workers")},
         "vocabulary": hashlib.sha256("\n".join(vocabulary).encode()).hexdigest() if vocabulary else None,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -668,15 +727,15 @@ def build_corpus(
         for stray in data_dir.iterdir():  # shards of an older plan, temporary files of a killed run
             if stray.name not in planned:
                 stray.unlink()
-        resumed = written = 0
-        for shard in tqdm(shards, desc="shards", unit="shard", disable=not options.progress):
-            path = data_dir / shard.name
-            if _verified(path, state["shards"].get(shard.name)):
-                resumed += 1
-                continue
-            state["shards"][shard.name] = write_shard(shard, items, path)
-            storage.write_json(state_path, state)
-            written += 1
+        todo = [s for s in shards if not _verified(data_dir / s.name, state["shards"].get(s.name))]
+        resumed, written = len(shards) - len(todo), 0
+        with tqdm(total=len(shards), initial=resumed, desc="shards", unit="shard", disable=not options.progress) as bar:
+            # shards are independent files: encode up to `workers` at once, record them in order
+            for shard, digest in _ordered_map(lambda s: write_shard(s, items, data_dir / s.name), todo, options.workers):
+                state["shards"][shard.name] = digest
+                storage.write_json(state_path, state)
+                written += 1
+                bar.update(1)
 
         report = _report(items, split_info, gene_ids, fixed is not None)
         samples = {"train": sum(s.n_rows for s in shards if s.split == "train"),
