@@ -329,26 +329,34 @@ class PreparedInput:
             with np.load(cache) as saved:
                 self.stats = {k: saved[k] for k in saved.files}
             return
-        n_genes = len(self.gene_map.gene_ids)
-        stats = {
-            "raw_nnz": np.zeros(self.n, dtype=np.int64),
-            "nnz": np.zeros(self.n, dtype=np.int64),
-            "total": np.zeros(self.n, dtype=np.int64),
-            "hash1": np.zeros(self.n, dtype=np.uint64),
-            "hash2": np.zeros(self.n, dtype=np.uint64),
-            "gene_samples": np.zeros(n_genes, dtype=np.int64),
-        }
+        stats = {name: np.zeros(self.n, dtype=dtype) for name, dtype in self._row_statistics().items()}
+        if self._needs_gene_samples:
+            stats["gene_samples"] = np.zeros(len(self.gene_map.gene_ids), dtype=np.int64)
         ranges = self._ranges(None)
         with self._bar(self.n, f"scan {self.path.name}") as bar:
             # blocks are read and reduced on worker threads, consumed in order: the first bad
             # block in file order is the one reported, and every statistic is an exact integer
             for (start, stop), block in _ordered_map(self._scan_block, ranges, self.options.workers):
-                for name in ("raw_nnz", "nnz", "total", "hash1", "hash2"):
-                    stats[name][start:stop] = block[name]
-                stats["gene_samples"] += block["gene_samples"]
+                for name, values in block.items():
+                    if name == "gene_samples":
+                        stats[name] += values
+                    else:
+                        stats[name][start:stop] = values
                 bar.update(stop - start)
         storage.save_npz_atomic(cache, **stats)
         self.stats = stats
+
+    @property
+    def _needs_gene_samples(self) -> bool:
+        """Per-gene sample counts only feed ``min_cells`` and the phenoprint gene choice."""
+        return self.spec.min_cells > 0 or bool(self.spec.phenoprint)
+
+    def _row_statistics(self) -> dict[str, type]:
+        """The per-sample statistics the scan records (hashes only when duplicates are dropped)."""
+        names = {"raw_nnz": np.int64, "nnz": np.int64, "total": np.int64}
+        if self.options.drop_duplicates:
+            names.update(hash1=np.uint64, hash2=np.uint64)
+        return names
 
     def _scan_block(self, block_range: tuple[int, int]) -> dict[str, np.ndarray]:
         """Statistics of one row range (runs on a worker thread: touches no shared state)."""
@@ -356,15 +364,12 @@ class PreparedInput:
         counts = self._read(start, stop, validated=False)
         mapped = self.gene_map.apply(counts, sort=False)
         row_nnz = np.diff(mapped.indptr)
-        hash1, hash2 = _row_hashes(mapped)
-        return {
-            "raw_nnz": np.diff(counts.indptr),
-            "nnz": row_nnz,
-            "total": np.asarray(mapped.sum(axis=1)).ravel(),
-            "hash1": hash1,
-            "hash2": hash2,
-            "gene_samples": _gene_samples(mapped, row_nnz, self.spec.min_genes, len(self.gene_map.gene_ids)),
-        }
+        block = {"raw_nnz": np.diff(counts.indptr), "nnz": row_nnz, "total": np.asarray(mapped.sum(axis=1)).ravel()}
+        if self.options.drop_duplicates:
+            block["hash1"], block["hash2"] = _row_hashes(mapped)
+        if self._needs_gene_samples:
+            block["gene_samples"] = _gene_samples(mapped, row_nnz, self.spec.min_genes, len(self.gene_map.gene_ids))
+        return block
 
     def _ranges(self, rows: np.ndarray | None) -> list[tuple[int, int]]:
         """Contiguous read ranges covering ``rows`` (all rows if None) within the block budget."""
