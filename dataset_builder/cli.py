@@ -98,8 +98,31 @@ def _specs(args):
     return resolve(args.source, args.data_dir[0], overrides=overrides)
 
 
+def _keep_freed_memory() -> None:
+    """Let glibc reuse freed blocks instead of returning them to the OS (CLI process only).
+
+    Why: every read block allocates tens of MB of numpy temporaries; above glibc's default mmap
+    threshold each is a fresh mapping whose pages are zeroed on first touch and unmapped on free,
+    ~13 % of the build's CPU. Keeping them in the heap removes that without raising the peak
+    (the largest live set is unchanged). Silently skipped where ``mallopt`` does not exist.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum on 64-bit
+    mallopt(m_trim_threshold, 1 << 30)
+    mallopt(m_top_pad, 64 << 20)
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _keep_freed_memory()
     try:
         specs, info = _specs(args)
         validation_batches = None
