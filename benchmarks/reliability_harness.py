@@ -4,8 +4,9 @@ processes at random moments, resume them, and compare with an uninterrupted run.
 A preemption kills every process of a job at once, so a kill here is ``SIGKILL`` to the whole process
 group (``accelerate launch`` and its training child together; killing only the launcher would leave
 the child running and prove nothing). Kill times are uniform over the duration of the uninterrupted
-run, so they land during start-up, steps, evaluations and checkpoint writes in proportion to the time
-each takes; at each kill the harness records whether a checkpoint was being written (a
+run (one in five over the whole run, the others over the part after start-up, where files are
+written), so they land during steps, evaluations and checkpoint writes in proportion to the time each
+takes; at each kill the harness records whether a checkpoint was being written (a
 ``ckpt-*.tmp`` folder existed) and which complete checkpoint was newest, and checks that the resumed
 run started exactly there.
 
@@ -93,6 +94,28 @@ def _run(command: list[str], log: Path, timeout: float = 600) -> int:
     return _wait_group(_start(command, log), timeout)
 
 
+def _timed_reference(command: list[str], log: Path, marker: Path, timeout: float = 600) -> tuple[float, float]:
+    """Run to completion; return (seconds until ``marker`` first existed, i.e. real work began; total seconds)."""
+    began = time.time()
+    process = _start(command, log)
+    work_began = None
+    while process.poll() is None:
+        if work_began is None and marker.exists():
+            work_began = time.time() - began
+        time.sleep(0.01)
+    code = _wait_group(process, timeout)
+    if code != 0:
+        raise RuntimeError(f"the reference run failed: {log.read_text()[-3000:]}")
+    total = time.time() - began
+    return (work_began if work_began is not None else 0.0), total
+
+
+def kill_time(rng: random.Random, work_began: float, duration: float) -> float:
+    """Uniform over the whole run one time in five (start-up included), else uniform over the part where
+    files are being written — where a kill can do harm."""
+    return rng.uniform(0.0, duration) if rng.random() < 0.2 else rng.uniform(work_began, duration)
+
+
 def tree_checksums(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
     """sha256 of every file under ``folder`` (relative path → digest), skipping names starting with ``skip``."""
     found = {}
@@ -118,10 +141,8 @@ def corpus_campaign(inputs: list[Path], workdir: Path, trials: int, seed: int = 
     the output must be byte-identical to an uninterrupted build (every shard, vocabulary, report, card)."""
     campaign, rng, started = Campaign("corpus"), random.Random(seed), time.time()
     reference = workdir / "reference"
-    begin = time.time()
-    if _run(build_command(inputs, reference, rows_per_shard), workdir / "reference.log") != 0:
-        raise RuntimeError(f"the reference build failed: {(workdir / 'reference.log').read_text()[-3000:]}")
-    duration = time.time() - begin
+    work_began, duration = _timed_reference(build_command(inputs, reference, rows_per_shard),
+                                            workdir / "reference.log", reference / "data")
     expected = tree_checksums(reference, skip=(".work",))
     for trial in range(trials):
         out, log = workdir / f"trial{trial:03d}", workdir / f"trial{trial:03d}.log"
@@ -129,10 +150,12 @@ def corpus_campaign(inputs: list[Path], workdir: Path, trials: int, seed: int = 
         try:
             for _ in range(rng.randint(1, max_kills_per_trial)):
                 process = _start(build_command(inputs, out, rows_per_shard), log)
-                time.sleep(rng.uniform(0.0, duration))
+                time.sleep(kill_time(rng, work_began, duration))
                 if process.poll() is None:
                     shards = len(list((out / "data").glob("*.parquet"))) if (out / "data").exists() else 0
-                    campaign.kills_before_first_checkpoint += shards == 0
+                    writing = bool(list((out / "data").glob(".*.tmp"))) if (out / "data").exists() else False
+                    campaign.kills_before_first_checkpoint += shards == 0  # no shard on disk yet
+                    campaign.kills_during_checkpoint_write += writing  # a shard was being written
                     os.killpg(process.pid, signal.SIGKILL)
                     campaign.kills += 1
                 _wait_group(process, 120)
@@ -182,12 +205,14 @@ def _newest_complete(out: Path) -> int:
     return int(found.name.split("-")[1]) if found else 0
 
 
-def _resumed_from(log_text: str) -> int:
-    """The step the last run in the log resumed from (0 when it started from scratch)."""
-    runs = log_text.split("HARNESS RUN")
-    last = runs[-1]
+def _resumed_from(log_text: str) -> int | None:
+    """The step the last run in the log resumed from: 0 when it started from scratch, None when it was
+    killed before saying (then there is nothing to check about that run)."""
+    last = log_text.split("HARNESS RUN")[-1]
     match = re.search(r"resumed from \S*ckpt-(\d{8})", last)
-    return int(match.group(1)) if match else 0
+    if match:
+        return int(match.group(1))
+    return 0 if "no complete checkpoint" in last else None
 
 
 def _compare(got: dict[int, float], expected: dict[int, float], rtol: float = 1e-6) -> str | None:
@@ -209,10 +234,8 @@ def training_campaign(corpus: Path, workdir: Path, trials: int, seed: int = 0, s
     """
     campaign, rng, started = Campaign("training"), random.Random(seed), time.time()
     reference = workdir / "reference"
-    begin = time.time()
-    if _run(pretrain_command(corpus, reference, steps, checkpoint_every, launcher), workdir / "reference.log") != 0:
-        raise RuntimeError(f"the reference run failed: {(workdir / 'reference.log').read_text()[-3000:]}")
-    duration = time.time() - begin
+    work_began, duration = _timed_reference(pretrain_command(corpus, reference, steps, checkpoint_every, launcher),
+                                            workdir / "reference.log", reference / "logs" / "metrics.csv")
     expected, expected_val = logged_losses(reference), logged_losses(reference, "val/loss")
     for trial in range(trials):
         out, log = workdir / f"trial{trial:03d}", workdir / f"trial{trial:03d}.log"
@@ -223,10 +246,13 @@ def training_campaign(corpus: Path, workdir: Path, trials: int, seed: int = 0, s
                 with open(log, "a") as handle:
                     handle.write("\nHARNESS RUN (killed)\n")
                 process = _start(pretrain_command(corpus, out, steps, checkpoint_every, launcher, *resume), log)
-                deadline = time.time() + rng.uniform(0.0, duration)
+                deadline = time.time() + kill_time(rng, work_began, duration)
                 writing = False
                 while time.time() < deadline and process.poll() is None:
                     time.sleep(0.005)
+                if rng.random() < 1 / 3:  # aim at a checkpoint write: kill the moment the next .tmp folder appears
+                    while process.poll() is None and not list((out / "checkpoints").glob("ckpt-*.tmp")):
+                        time.sleep(0.0005)
                 if process.poll() is None:
                     # what a preempted node leaves: look, then kill the whole job at once
                     writing = bool(list((out / "checkpoints").glob("ckpt-*.tmp"))) if (out / "checkpoints").exists() else False
@@ -244,13 +270,13 @@ def training_campaign(corpus: Path, workdir: Path, trials: int, seed: int = 0, s
                 # one resumed run, checked for where it started (it may be killed again in the next round)
                 process = _start(pretrain_command(corpus, out, steps, checkpoint_every, launcher, "--resume"), log)
                 if rng.random() < 0.5 and process.poll() is None:
-                    time.sleep(rng.uniform(0.0, duration))
+                    time.sleep(kill_time(rng, work_began, duration))
                     if process.poll() is None:
                         os.killpg(process.pid, signal.SIGKILL)
                         campaign.kills += 1
                 _wait_group(process, 300)
                 started_at = _resumed_from(log.read_text())
-                if started_at != newest:
+                if started_at is not None and started_at != newest:
                     raise AssertionError(f"resumed from step {started_at}, newest complete checkpoint was {newest}")
                 if process.returncode == 0:
                     break
