@@ -43,11 +43,13 @@ class GeneMap:
         # Fast path: when no two input columns share a gene, mapping is an index lookup (no matmul).
         self._lookup: np.ndarray | None = None
         self._monotone = False
+        self._total = False  # every input column maps: no per-value filtering needed
         coo = self.matrix.tocoo()
         if np.all(np.bincount(coo.col, minlength=self.matrix.shape[1]) == 1):
             lookup = np.full(self.matrix.shape[0], -1, dtype=np.int32)
             lookup[coo.row] = coo.col
             self._lookup = lookup
+            self._total = bool((lookup >= 0).all())
             mapped = lookup[lookup >= 0]
             self._monotone = bool(np.all(np.diff(mapped) > 0))
 
@@ -65,8 +67,8 @@ class GeneMap:
                 out = out.tocsc().tocsr()
             return out
         new = self._lookup[counts.indices]
-        keep = new >= 0
-        if keep.all():
+        keep = None if self._total else new >= 0
+        if keep is None or keep.all():
             indices, data, indptr = new, counts.data, counts.indptr
         else:
             indices, data = new[keep], counts.data[keep]
