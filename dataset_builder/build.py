@@ -372,11 +372,17 @@ class PreparedInput:
         return block
 
     def _ranges(self, rows: np.ndarray | None) -> list[tuple[int, int]]:
-        """Contiguous read ranges covering ``rows`` (all rows if None) within the block budget."""
+        """Contiguous read ranges covering ``rows`` (all rows if None) within the block budget.
+
+        The ``block_nnz`` budget is shared by the worker threads (each reads blocks of
+        ``block_nnz / workers``), so peak memory does not grow with ``workers``. Block boundaries
+        never reach the output: shards are re-cut into fixed 1,024-row groups.
+        """
         reader, options = self.reader, self.options
         cost = _row_cost(reader, len(reader.gene_names), self.stats.get("raw_nnz"))
         scale = 16 if reader.full_pass_per_block else 1
-        return _block_ranges(cost, options.block_nnz * scale, options.block_rows * scale, rows)
+        budget = options.block_nnz * scale / max(1, options.workers)
+        return _block_ranges(cost, budget, options.block_rows * scale, rows)
 
     def _bar(self, total: int, label: str) -> tqdm:
         return tqdm(total=total, desc=label, unit="sample", disable=not self.options.progress, leave=False)
