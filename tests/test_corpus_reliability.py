@@ -61,6 +61,26 @@ def test_same_inputs_give_byte_identical_corpus(tmp_path, reference):
     assert verify_corpus(reference) == []
 
 
+def test_worker_threads_and_block_size_do_not_change_the_bytes(tmp_path, reference):
+    """Threads and read-block boundaries are performance knobs only: same shards, same metadata."""
+    for name, extra in (("serial", {"workers": 1}), ("threads_small_blocks", {"workers": 2, "block_nnz": 300})):
+        build_corpus(local_specs(small_inputs(), batch_key="cell"), tmp_path / name, options(**extra))
+        assert shard_bytes(tmp_path / name) == shard_bytes(reference), name
+    serial = json.loads((tmp_path / "serial" / "manifest.json").read_text())
+    assert serial == json.loads((reference / "manifest.json").read_text())  # workers is not in the fingerprint
+
+
+def test_row_hashes_ignore_gene_order_and_separate_swapped_counts():
+    """The duplicate hash is order-free within a row, yet not a linear sum (swapped counts differ)."""
+    rows = sp.csr_matrix(
+        (np.array([2, 1, 1, 2, 1, 2], dtype=np.int32), np.array([5, 9, 5, 9, 9, 5], dtype=np.int32), np.array([0, 2, 4, 6])),
+        shape=(3, 10),
+    )  # row 0: {5: 2, 9: 1}; row 1: {5: 1, 9: 2}; row 2: row 0 with its genes listed in the other order
+    hash1, hash2 = build._row_hashes(rows)
+    assert (hash1[0], hash2[0]) == (hash1[2], hash2[2])
+    assert hash1[0] != hash1[1] and hash2[0] != hash2[1]
+
+
 def test_interrupted_build_resumes_without_loss_or_duplicates(tmp_path, reference, monkeypatch):
     real = build.write_shard
     calls = {"n": 0}
