@@ -89,7 +89,7 @@ def write_counts_h5ad(path: Path, n_cells: int, genes: list[str], seed: int = 0)
     rng = np.random.default_rng(seed)
     matrix = sp.random(n_cells, len(genes), density=0.05, format="csr", random_state=rng,
                        data_rvs=lambda n: rng.integers(1, 20, n)).astype(np.float32)
-    matrix[:, 0] = 1.0  # every cell has counts
+    matrix = sp.hstack([sp.csr_matrix(np.ones((n_cells, 1), np.float32)), matrix[:, 1:]]).tocsr()  # no empty cell
     obs = pd.DataFrame(index=[f"cell{i}" for i in range(n_cells)])
     ad.AnnData(X=sp.csr_matrix(matrix), obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(path)
     return path
