@@ -580,7 +580,7 @@ class TextMatrixReader(MatrixReader):
     ):
         self.path = Path(path)
         self._own_cache = cache_dir is None
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="txfm-text-"))
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.allow_non_integer = allow_non_integer
         self.problem: str | None = None
         self._matrix: np.ndarray | None = None
@@ -602,6 +602,14 @@ class TextMatrixReader(MatrixReader):
         self._genes = columns if samples_as_rows else labels
         samples = labels if samples_as_rows else columns
         self._obs = pd.DataFrame(index=pd.Index(samples, name="sample_id"))
+
+    @property
+    def cache_dir(self) -> Path:
+        """Scratch folder of the binary copy; a private temporary one is made on first use only, so a
+        file refused while its header is read leaves nothing behind."""
+        if self._cache_dir is None:
+            self._cache_dir = Path(tempfile.mkdtemp(prefix="txfm-text-"))
+        return self._cache_dir
 
     def _lines(self):
         opener = gzip.open if self.path.suffix == ".gz" else open
@@ -758,8 +766,8 @@ class TextMatrixReader(MatrixReader):
 
     def close(self) -> None:
         self._matrix = None
-        if self._own_cache:
-            shutil.rmtree(self.cache_dir, ignore_errors=True)
+        if self._own_cache and self._cache_dir is not None:
+            shutil.rmtree(self._cache_dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------- STAR gene counts
