@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from modeling_txfm.hdf5_probe import HDF5ProbeError, probe_hdf5
+
 from .errors import CorpusBuildError, CorruptInputError, NotCountsError
 
 #: Values within this distance of an integer count as integers (float32/float64 round-off, e.g.
@@ -168,7 +170,11 @@ class MatrixReader(ABC):
 
 def _open_h5(path: Path) -> h5py.File:
     try:
+        if path.is_file():
+            probe_hdf5(path)  # a file that would crash libhdf5 fails here, in a child process
         return h5py.File(path, "r")
+    except HDF5ProbeError as error:
+        raise CorruptInputError(str(error)) from error
     except (OSError, ValueError) as error:
         raise CorruptInputError(
             f"{path}: cannot open as HDF5 ({error}). The file is truncated or not an h5ad/10x .h5 "

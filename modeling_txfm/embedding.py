@@ -28,6 +28,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from .hdf5_probe import HDF5ProbeError, probe_hdf5
 from .processing_txfm import TxFMInputError, TxFMProcessor
 
 DEFAULT_CHUNK_SIZE = 4096
@@ -67,7 +68,11 @@ class _H5adRows:
     def __init__(self, path: str | os.PathLike, layer: str | None):
         self.path = Path(path)
         try:
+            if self.path.is_file():
+                probe_hdf5(self.path)  # a file that would crash libhdf5 fails here, in a child process
             self.file = h5py.File(self.path, "r")
+        except HDF5ProbeError as error:
+            raise TxFMInputError(str(error)) from error
         except (OSError, ValueError) as error:
             raise TxFMInputError(f"{self.path} is not a readable .h5ad (HDF5) file: {error}") from error
         try:

@@ -490,3 +490,26 @@ def test_text_readers_raise_corpus_errors_naming_the_file(kind, how, seed, tmp_p
     assert counts.shape[0] <= original.shape[0]
     if how == "truncate":
         np.testing.assert_array_equal(counts.toarray(), original[: counts.shape[0], : counts.shape[1]])
+
+
+#: flip_bytes seeds whose damaged file crashed libhdf5 itself (SIGSEGV reading attributes) before the probe
+LIBHDF5_CRASHERS = [129]
+
+
+@pytest.mark.parametrize("seed", LIBHDF5_CRASHERS)
+def test_a_file_that_crashes_libhdf5_is_refused_not_fatal(model, processor, seed, tmp_path):
+    """Probed in a child process first: the crash happens there and becomes our error naming the file."""
+    from modeling_txfm.hdf5_probe import HDF5ProbeError, probe_hdf5
+
+    path = _write_good_h5ad(tmp_path / "damaged.h5ad")
+    probe_hdf5(path)  # an intact file passes the probe
+    _damage_h5ad(path, "flip_bytes", np.random.default_rng(seed))
+    try:
+        probe_hdf5(path)  # (with other anndata/h5py versions the same seed may damage harmlessly)
+    except HDF5ProbeError as error:
+        assert "damaged.h5ad" in str(error) and "SIG" in str(error)
+    with pytest.raises(TxFMInputError, match="damaged.h5ad"):
+        embed(path, model, processor=processor, show_progress=False)
+    with pytest.raises(CorpusBuildError, match="damaged.h5ad"):
+        with open_reader(path) as reader:
+            to_counts(reader.read_rows(0, reader.n_samples), path)
