@@ -316,16 +316,16 @@ class TxFMProcessor(FeatureExtractionMixin):
             totals = np.asarray(mapped.sum(axis=1)).ravel()
         overflow = np.flatnonzero(~np.isfinite(totals))
         if len(overflow):  # L·x/Σx with Σx = inf would silently give an all-zero profile
-            names = [sample_names[i] if sample_names is not None else f"row {i}" for i in overflow[:5]]
             raise TxFMInputError(
-                f"{len(overflow):,} samples have a total count too large for float64 (e.g. {names}): these are "
+                f"{len(overflow):,} samples have a total count too large for float64 (e.g. "
+                f"{_first_names(overflow, sample_names)}): these are "
                 "not counts. Pass raw counts."
             )
         empty = np.flatnonzero(totals <= 0)
         if len(empty):
-            names = [sample_names[i] if sample_names is not None else f"row {i}" for i in empty[:5]]
             raise TxFMInputError(
-                f"{len(empty):,} samples have no counts in any gene of the model vocabulary (e.g. {names}). "
+                f"{len(empty):,} samples have no counts in any gene of the model vocabulary (e.g. "
+                f"{_first_names(empty, sample_names)}). "
                 "An all-zero sample has no expression profile to embed: filter them out first."
             )
         normalized = log_normalize(mapped, self.library_size)  # [n, P] sparse
@@ -355,6 +355,11 @@ class TxFMProcessor(FeatureExtractionMixin):
         k = min(self.num_visible_genes, n_profiled)
         scores = generator.random((n_samples, n_profiled))
         return np.sort(np.argpartition(scores, k - 1, axis=1)[:, :k], axis=1)
+
+
+def _first_names(rows: np.ndarray, sample_names: Sequence[str] | None, n: int = 5) -> list[str]:
+    """Up to ``n`` sample names (or ``row i``) of the offending rows, for error messages."""
+    return [str(sample_names[i]) if sample_names is not None else f"row {i}" for i in rows[:n]]
 
 
 def _annotation() -> GeneAnnotation:
