@@ -24,7 +24,6 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, HfApi, ModelCard
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "training_summary.json")
 DATASET_FILES = ("vocabulary.json", "profiles.json", "curation_report.json", "README.md", "manifest.json")
 
@@ -40,10 +39,14 @@ def _copy(source: Path, target: Path) -> None:
 
 def stage_model(model_dir: str | os.PathLike, staging: str | os.PathLike) -> Path:
     """Copy the files that make a TxFM model repository into ``staging`` (replaced if present)."""
+    from modeling_txfm import TxFMForMaskedExpressionModeling
+    from modeling_txfm.safe_loading import TxFMCheckpointError, check_checkpoint
+
     model_dir, staging = Path(model_dir), Path(staging)
-    pickles = sorted(p.name for p in model_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise PushError(f"{model_dir} holds pickle files {pickles}: only safetensors weights are published. Remove them.")
+    try:  # the same checks as loading: no pickle files, weights matching config.json, one vocabulary
+        check_checkpoint(model_dir, TxFMForMaskedExpressionModeling)
+    except TxFMCheckpointError as error:
+        raise PushError(f"{error} Only a safe, consistent checkpoint is published.") from error
     for required in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md"):
         if not (model_dir / required).exists():
             raise PushError(f"{model_dir} lacks {required}: is it a finished TxFM checkpoint (and does it have a card)?")
